@@ -1,0 +1,332 @@
+//! The appliance's configuration: one TOML file, every field with its unit and default.
+//!
+//! Relative paths in the file are read relative to the file's own folder, so a config and its
+//! certificates can move together. `deploy/gatematch.toml` is the documented example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::Measure;
+use crate::engine::batcher::BatchConfig;
+use crate::gallery::ModelSpec;
+
+/// What can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its range.
+    #[error("config: {field} {problem}")]
+    Invalid {
+        /// The field, dotted.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The QUIC endpoint.
+    pub server: ServerConfig,
+    /// The durable store.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Compute and batching.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// The models served; at least one.
+    #[serde(default = "default_models")]
+    pub models: Vec<ModelConfig>,
+}
+
+/// The QUIC endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address to listen on. Default `127.0.0.1:4433`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The server's certificate chain, PEM.
+    pub certificate: PathBuf,
+    /// The server's private key, PEM.
+    pub private_key: PathBuf,
+    /// The CA that issues gate certificates, PEM; peers without a certificate from it are
+    /// refused in the handshake.
+    pub gate_ca: PathBuf,
+    /// Largest request accepted, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// How long a gate may take to send a whole request once it opened the stream, in
+    /// milliseconds. Default 5000.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// A connection with no traffic for this long is closed, in milliseconds. Gates keep
+    /// theirs alive. Default 30000.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Requests one gate may have open at once. Default 256.
+    #[serde(default = "default_max_streams_per_gate")]
+    pub max_streams_per_gate: u32,
+    /// The deadline of a request that names none, in milliseconds. Default 1000.
+    #[serde(default = "default_deadline_ms")]
+    pub default_deadline_ms: u32,
+    /// The longest deadline a request may name, in milliseconds. Default 30000.
+    #[serde(default = "default_max_deadline_ms")]
+    pub max_deadline_ms: u32,
+}
+
+/// The durable store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The SQLite file. Default `gatematch.db`.
+    #[serde(default = "default_registry_path")]
+    pub path: PathBuf,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP address of the `/metrics` listener; absent disables it. Default `127.0.0.1:9464`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Compute and batching.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// CPU threads for scoring; 0 means one per core. Default 0.
+    #[serde(default)]
+    pub threads: usize,
+    /// Most probes in one batch. Default 64.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Longest the oldest request waits for a batch to fill, in microseconds. Default 1000.
+    #[serde(default = "default_max_wait_us")]
+    pub max_wait_us: u64,
+    /// Requests queued at most before the answer is busy. Default 4096.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Largest k an identify request may ask for. Default 100.
+    #[serde(default = "default_max_k")]
+    pub max_k: u32,
+    /// Most templates in one enrol request. Default 16.
+    #[serde(default = "default_max_templates_per_enrol")]
+    pub max_templates_per_enrol: usize,
+}
+
+/// One model served.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The id gates use.
+    pub id: String,
+    /// Values per template.
+    pub dimension: usize,
+    /// `cosine` or `euclidean`.
+    pub measure: Measure,
+    /// Decision threshold in the measure's unit.
+    pub threshold: f32,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4433))
+}
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+fn default_read_timeout_ms() -> u64 {
+    5_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_streams_per_gate() -> u32 {
+    256
+}
+fn default_deadline_ms() -> u32 {
+    1_000
+}
+fn default_max_deadline_ms() -> u32 {
+    30_000
+}
+fn default_registry_path() -> PathBuf {
+    PathBuf::from("gatematch.db")
+}
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+}
+fn default_max_batch() -> usize {
+    64
+}
+fn default_max_wait_us() -> u64 {
+    1_000
+}
+fn default_queue_capacity() -> usize {
+    4_096
+}
+fn default_max_k() -> u32 {
+    100
+}
+fn default_max_templates_per_enrol() -> usize {
+    16
+}
+
+/// The model the simulated gates use: random unit vectors compared by cosine similarity.
+pub const SYNTHETIC_MODEL: &str = "synthetic-128";
+
+fn default_models() -> Vec<ModelConfig> {
+    vec![ModelConfig {
+        id: SYNTHETIC_MODEL.into(),
+        dimension: 128,
+        measure: Measure::Cosine,
+        threshold: 0.5,
+    }]
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { path: default_registry_path() }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: default_metrics_listen() }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            threads: 0,
+            max_batch: default_max_batch(),
+            max_wait_us: default_max_wait_us(),
+            queue_capacity: default_queue_capacity(),
+            max_k: default_max_k(),
+            max_templates_per_enrol: default_max_templates_per_enrol(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`, resolving relative paths against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.server.certificate,
+            &mut config.server.private_key,
+            &mut config.server.gate_ca,
+            &mut config.registry.path,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration for a development PKI made by `gatematch certs --out certs_dir`.
+    pub fn development(certs_dir: &Path, registry: &Path, listen: SocketAddr) -> Config {
+        Config {
+            server: ServerConfig {
+                listen,
+                certificate: certs_dir.join("server.pem"),
+                private_key: certs_dir.join("server.key"),
+                gate_ca: certs_dir.join("ca.pem"),
+                max_message_bytes: default_max_message_bytes(),
+                read_timeout_ms: default_read_timeout_ms(),
+                idle_timeout_ms: default_idle_timeout_ms(),
+                max_streams_per_gate: default_max_streams_per_gate(),
+                default_deadline_ms: default_deadline_ms(),
+                max_deadline_ms: default_max_deadline_ms(),
+            },
+            registry: RegistryConfig { path: registry.to_owned() },
+            metrics: MetricsConfig { listen: None },
+            engine: EngineConfig::default(),
+            models: default_models(),
+        }
+    }
+
+    /// Checks the ranges the parser cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| ConfigError::Invalid { field, problem: problem.into() };
+        if self.models.is_empty() {
+            return Err(invalid("models", "must name at least one model"));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.dimension == 0 || m.dimension > 4096 {
+                return Err(invalid("models.dimension", "must be between 1 and 4096"));
+            }
+            if !m.threshold.is_finite() {
+                return Err(invalid("models.threshold", "must be a finite number"));
+            }
+            if self.models[..i].iter().any(|other| other.id == m.id) {
+                return Err(invalid("models.id", &format!("{:?} is listed twice", m.id)));
+            }
+        }
+        if self.engine.max_batch == 0 {
+            return Err(invalid("engine.max_batch", "must be at least 1"));
+        }
+        if self.engine.queue_capacity == 0 {
+            return Err(invalid("engine.queue_capacity", "must be at least 1"));
+        }
+        if self.server.max_message_bytes < 64 {
+            return Err(invalid("server.max_message_bytes", "must be at least 64"));
+        }
+        Ok(())
+    }
+
+    /// The models as the gallery wants them.
+    pub fn model_specs(&self) -> Vec<ModelSpec> {
+        self.models
+            .iter()
+            .map(|m| ModelSpec {
+                id: m.id.clone(),
+                dimension: m.dimension,
+                measure: m.measure,
+                threshold: m.threshold,
+            })
+            .collect()
+    }
+
+    /// The batcher's settings.
+    pub fn batch(&self) -> BatchConfig {
+        BatchConfig {
+            max_batch: self.engine.max_batch,
+            max_wait: Duration::from_micros(self.engine.max_wait_us),
+            queue_capacity: self.engine.queue_capacity,
+        }
+    }
+}

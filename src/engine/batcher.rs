@@ -1,0 +1,363 @@
+//! The dynamic batcher between the server and the engine.
+//!
+//! Requests from every gate go into one bounded queue. A worker thread takes the oldest,
+//! gathers more until the batch is full or the oldest has waited its budget, and runs the
+//! batch at once: every 1:N probe of a model in a single pass over that model's shard. The
+//! queue never grows past its bound: a full queue answers [`BatchError::Busy`] at once, and a
+//! request whose deadline passed while it waited is answered
+//! [`BatchError::DeadlineExceeded`] without being computed.
+//!
+//! The worker reads the gallery under its read lock for the whole batch, so slots resolve to
+//! the persons that owned them when they were scored.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{Backend, Candidate, EngineError};
+use crate::gallery::{Gallery, PersonIndex, Shard};
+use crate::metrics;
+
+/// How the batcher gathers and bounds its work.
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// Most probes in one batch.
+    pub max_batch: usize,
+    /// Longest the oldest request waits for company before its batch runs.
+    pub max_wait: Duration,
+    /// Requests queued at most; past this the answer is busy.
+    pub queue_capacity: usize,
+}
+
+/// One unit of work for the engine.
+#[derive(Debug)]
+pub enum Job {
+    /// 1:N: the `k` best persons for `probe` in shard `shard`.
+    Identify {
+        /// Index of the model's shard.
+        shard: usize,
+        /// The probe template.
+        probe: Vec<f32>,
+        /// Persons wanted.
+        k: usize,
+    },
+    /// 1:1: the best score of `probe` over the person's templates in shard `shard`.
+    Verify {
+        /// Index of the model's shard.
+        shard: usize,
+        /// The probe template.
+        probe: Vec<f32>,
+        /// The claimed person.
+        person_id: String,
+    },
+}
+
+impl Job {
+    fn shard(&self) -> usize {
+        match self {
+            Job::Identify { shard, .. } | Job::Verify { shard, .. } => *shard,
+        }
+    }
+}
+
+/// What a job produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobOutput {
+    /// Persons best first, with their best score.
+    Identify(Vec<(Arc<str>, f32)>),
+    /// The person's best score.
+    Verify(f32),
+}
+
+/// Why a job produced nothing.
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The queue is full.
+    #[error("queue full ({capacity} requests)")]
+    Busy {
+        /// The configured bound.
+        capacity: usize,
+    },
+    /// The deadline passed before the job ran.
+    #[error("deadline passed after {waited_ms} ms in the queue")]
+    DeadlineExceeded {
+        /// How long the job waited.
+        waited_ms: u64,
+    },
+    /// The claimed person has no template of the probe's model.
+    #[error("no enrolled template of this model for the person")]
+    UnknownPerson,
+    /// The engine failed.
+    #[error("engine failed: {0}")]
+    Engine(String),
+    /// The batcher has stopped.
+    #[error("batcher stopped")]
+    Stopped,
+}
+
+struct Work {
+    job: Job,
+    enqueued: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<JobOutput, BatchError>>,
+}
+
+/// The handle gates' requests are submitted through.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: SyncSender<Work>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl Batcher {
+    /// Starts the worker thread over `gallery` with `backend`.
+    pub fn start(config: BatchConfig, gallery: Arc<RwLock<Gallery>>, backend: Arc<dyn Backend>) -> Self {
+        let (queue, incoming) = mpsc::sync_channel(config.queue_capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let worker = Worker { config: config.clone(), gallery, backend, depth: Arc::clone(&depth) };
+        thread::Builder::new()
+            .name("gatematch-batcher".into())
+            .spawn(move || worker.run(incoming))
+            .expect("spawning the batcher thread at start-up");
+        Batcher { queue, depth, capacity: config.queue_capacity }
+    }
+
+    /// Requests waiting now.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queues `job`, to be run before `deadline`; the answer comes through the receiver.
+    pub fn submit(
+        &self,
+        job: Job,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, BatchError>>, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        let work = Work { job, enqueued: Instant::now(), deadline, reply };
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.queue.try_send(work) {
+            Ok(()) => {
+                metrics::queue_depth(self.queue_depth());
+                Ok(answer)
+            }
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => BatchError::Busy { capacity: self.capacity },
+                    TrySendError::Disconnected(_) => BatchError::Stopped,
+                })
+            }
+        }
+    }
+
+    /// Queues `job` and waits for its answer.
+    pub async fn run(&self, job: Job, deadline: Instant) -> Result<JobOutput, BatchError> {
+        let answer = self.submit(job, deadline)?;
+        answer.await.unwrap_or(Err(BatchError::Stopped))
+    }
+}
+
+struct Worker {
+    config: BatchConfig,
+    gallery: Arc<RwLock<Gallery>>,
+    backend: Arc<dyn Backend>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(self, incoming: mpsc::Receiver<Work>) {
+        while let Ok(first) = incoming.recv() {
+            let flush_at = first.enqueued + self.config.max_wait;
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch {
+                let now = Instant::now();
+                let next = if now >= flush_at {
+                    incoming.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+                } else {
+                    incoming.recv_timeout(flush_at - now)
+                };
+                match next {
+                    Ok(work) => batch.push(work),
+                    Err(_) => break,
+                }
+            }
+            let left = self.depth.fetch_sub(batch.len(), Ordering::Relaxed) - batch.len();
+            metrics::queue_depth(left);
+            self.run_batch(batch);
+        }
+    }
+
+    fn run_batch(&self, batch: Vec<Work>) {
+        let started = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        for work in batch {
+            metrics::queue_wait(started - work.enqueued);
+            if started > work.deadline {
+                let waited_ms = (started - work.enqueued).as_millis() as u64;
+                let _ = work.reply.send(Err(BatchError::DeadlineExceeded { waited_ms }));
+            } else {
+                live.push(work);
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        metrics::batch_size(live.len());
+        let gallery = self.gallery.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        live.sort_by_key(|w| (w.job.shard(), matches!(w.job, Job::Verify { .. })));
+        let mut rest = live.as_mut_slice();
+        while !rest.is_empty() {
+            let shard = rest[0].job.shard();
+            let verify = matches!(rest[0].job, Job::Verify { .. });
+            let same = rest
+                .iter()
+                .take_while(|w| w.job.shard() == shard && matches!(w.job, Job::Verify { .. }) == verify)
+                .count();
+            let (group, tail) = rest.split_at_mut(same);
+            let outputs = if verify {
+                verify_group(self.backend.as_ref(), &gallery, shard, group)
+            } else {
+                identify_group(self.backend.as_ref(), &gallery, shard, group)
+            };
+            for (work, output) in group.iter_mut().zip(outputs) {
+                metrics::compute(started.elapsed());
+                let reply = std::mem::replace(&mut work.reply, oneshot::channel().0);
+                let _ = reply.send(output);
+            }
+            rest = tail;
+        }
+    }
+}
+
+/// Runs every 1:1 job of one shard.
+fn verify_group(
+    backend: &dyn Backend,
+    gallery: &Gallery,
+    shard_index: usize,
+    group: &[Work],
+) -> Vec<Result<JobOutput, BatchError>> {
+    let shard = &gallery.shards()[shard_index];
+    let mut probes = Vec::new();
+    let mut slots = Vec::new();
+    let mut asked = Vec::new();
+    for work in group {
+        let Job::Verify { probe, person_id, .. } = &work.job else { continue };
+        let owned: Vec<u32> = gallery
+            .person_index(person_id)
+            .map(|p| gallery.templates_of(p))
+            .unwrap_or(&[])
+            .iter()
+            .filter(|t| t.shard == shard_index)
+            .map(|t| t.slot)
+            .collect();
+        asked.push(!owned.is_empty());
+        if !owned.is_empty() {
+            probes.extend_from_slice(probe);
+            slots.push(owned);
+        }
+    }
+    let scores = match backend.verify(shard, &probes, &slots) {
+        Ok(scores) => scores,
+        Err(e) => return vec![Err(engine_error(e)); group.len()],
+    };
+    let measure = shard.measure();
+    let mut scores = scores.into_iter();
+    asked
+        .into_iter()
+        .map(|known| {
+            if !known {
+                return Err(BatchError::UnknownPerson);
+            }
+            let best = scores
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .fold(measure.worst(), |best, s| if measure.is_better(s, best) { s } else { best });
+            Ok(JobOutput::Verify(best))
+        })
+        .collect()
+}
+
+/// Runs every 1:N job of one shard in one scan, then widens the scan for the probes whose
+/// best slots belong to fewer than `k` distinct persons (a person may hold many templates).
+fn identify_group(
+    backend: &dyn Backend,
+    gallery: &Gallery,
+    shard_index: usize,
+    group: &[Work],
+) -> Vec<Result<JobOutput, BatchError>> {
+    let shard = &gallery.shards()[shard_index];
+    let dim = shard.dimension();
+    let wanted: Vec<usize> = group
+        .iter()
+        .map(|w| match w.job {
+            Job::Identify { k, .. } => k,
+            Job::Verify { .. } => 0,
+        })
+        .collect();
+    let mut results: Vec<Option<Vec<(Arc<str>, f32)>>> = vec![None; group.len()];
+    let mut pending: Vec<usize> = (0..group.len()).collect();
+    let mut slots_asked = wanted.iter().copied().max().unwrap_or(0);
+    while !pending.is_empty() {
+        let mut probes = Vec::with_capacity(pending.len() * dim);
+        for &i in &pending {
+            if let Job::Identify { probe, .. } = &group[i].job {
+                probes.extend_from_slice(probe);
+            }
+        }
+        let found = match backend.identify(shard, &probes, slots_asked) {
+            Ok(found) => found,
+            Err(e) => return vec![Err(engine_error(e)); group.len()],
+        };
+        let exhausted = slots_asked >= shard.live_count();
+        let mut still = Vec::new();
+        for (&i, candidates) in pending.iter().zip(found) {
+            let persons = distinct_persons(gallery, shard, &candidates, wanted[i]);
+            if persons.len() < wanted[i] && !exhausted {
+                still.push(i);
+            } else {
+                results[i] = Some(persons);
+            }
+        }
+        pending = still;
+        slots_asked = slots_asked.saturating_mul(4);
+    }
+    results.into_iter().map(|r| Ok(JobOutput::Identify(r.unwrap_or_default()))).collect()
+}
+
+/// The first `k` distinct persons among candidates of one shard, ranked best first.
+fn distinct_persons(
+    gallery: &Gallery,
+    shard: &Shard,
+    candidates: &[Candidate],
+    k: usize,
+) -> Vec<(Arc<str>, f32)> {
+    let mut seen: Vec<PersonIndex> = Vec::with_capacity(k);
+    let mut persons = Vec::with_capacity(k);
+    for c in candidates {
+        if persons.len() == k {
+            break;
+        }
+        let Some(owner) = shard.owner(c.slot) else { continue };
+        if seen.contains(&owner) {
+            continue;
+        }
+        seen.push(owner);
+        if let Some(id) = gallery.person_id(owner) {
+            persons.push((Arc::clone(id), c.score));
+        }
+    }
+    persons
+}
+
+fn engine_error(e: EngineError) -> BatchError {
+    tracing::error!(error = %e, "engine failed on a batch");
+    BatchError::Engine(e.to_string())
+}

@@ -1,0 +1,368 @@
+//! The gallery: every enrolled template in memory, laid out for scanning.
+//!
+//! The gallery is derived data. At start-up it is loaded from the [registry](crate::registry),
+//! which stays the system of record; enrol and erase change it in place (a slot write or a
+//! tombstone, with freed slots reused), so a change is seen by the next request without a
+//! rebuild. It is written to and read from HDF5 snapshots by [`snapshot`].
+//!
+//! Each model id has its own [`Shard`]: one contiguous block of f32 rows of the model's
+//! dimension, the rows' squared norms, and a per-slot *rank key* `key = dot · scale + bias`
+//! that turns a raw dot product into an ordering of either measure:
+//!
+//! * cosine: `scale = 1/|g|`, `bias = 0` (the probe's own norm does not change the order);
+//! * Euclidean: `scale = 1`, `bias = −|g|²/2`, since `|p − g|² = |p|² − 2 (p·g − |g|²/2)`;
+//! * a free slot: `scale = 0`, `bias = −∞`, so it never ranks.
+//!
+//! Higher keys are better for both measures, which keeps one scan loop for both.
+
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::engine::Measure;
+
+/// A model the appliance serves: which vectors it accepts and how it compares them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// The model id gates name in their templates.
+    pub id: String,
+    /// Values per template.
+    pub dimension: usize,
+    /// How templates compare.
+    pub measure: Measure,
+    /// The decision threshold, in the measure's unit.
+    pub threshold: f32,
+}
+
+/// The templates of one model, in scan order.
+#[derive(Debug)]
+pub struct Shard {
+    spec: ModelSpec,
+    rows: Vec<f32>,
+    norms_sq: Vec<f32>,
+    key_scale: Vec<f32>,
+    key_bias: Vec<f32>,
+    owners: Vec<Option<PersonIndex>>,
+    free_slots: Vec<u32>,
+    live: usize,
+}
+
+/// A dense number for a person, valid while the person is enrolled.
+pub type PersonIndex = u32;
+
+impl Shard {
+    /// An empty shard for `spec`.
+    pub fn new(spec: ModelSpec) -> Self {
+        Shard {
+            spec,
+            rows: Vec::new(),
+            norms_sq: Vec::new(),
+            key_scale: Vec::new(),
+            key_bias: Vec::new(),
+            owners: Vec::new(),
+            free_slots: Vec::new(),
+            live: 0,
+        }
+    }
+
+    /// The model this shard holds.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Values per template.
+    pub fn dimension(&self) -> usize {
+        self.spec.dimension
+    }
+
+    /// The measure scores are in.
+    pub fn measure(&self) -> Measure {
+        self.spec.measure
+    }
+
+    /// Slots allocated, live or free; scans cover `0..slot_count()`.
+    pub fn slot_count(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Live templates.
+    pub fn live_count(&self) -> usize {
+        self.live
+    }
+
+    /// The row-major block of all slots (free slots hold stale values; their key never ranks).
+    pub fn rows(&self) -> &[f32] {
+        &self.rows
+    }
+
+    /// The template in `slot`.
+    pub fn row(&self, slot: u32) -> &[f32] {
+        let d = self.spec.dimension;
+        let start = slot as usize * d;
+        &self.rows[start..start + d]
+    }
+
+    /// Squared norms, one per slot.
+    pub fn norms_sq(&self) -> &[f32] {
+        &self.norms_sq
+    }
+
+    /// Rank-key scales, one per slot (see the module docs).
+    pub fn key_scale(&self) -> &[f32] {
+        &self.key_scale
+    }
+
+    /// Rank-key biases, one per slot (see the module docs).
+    pub fn key_bias(&self) -> &[f32] {
+        &self.key_bias
+    }
+
+    /// Whether `slot` holds a live template.
+    pub fn is_live(&self, slot: u32) -> bool {
+        self.owners.get(slot as usize).is_some_and(Option::is_some)
+    }
+
+    /// The person that owns `slot`, if it is live.
+    pub fn owner(&self, slot: u32) -> Option<PersonIndex> {
+        self.owners.get(slot as usize).copied().flatten()
+    }
+
+    /// Stores `template` for `owner`, reusing a free slot when there is one.
+    fn insert(&mut self, owner: PersonIndex, template: &[f32]) -> u32 {
+        debug_assert_eq!(template.len(), self.spec.dimension);
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = self.owners.len() as u32;
+                self.rows.resize(self.rows.len() + self.spec.dimension, 0.0);
+                self.norms_sq.push(0.0);
+                self.key_scale.push(0.0);
+                self.key_bias.push(f32::NEG_INFINITY);
+                self.owners.push(None);
+                slot
+            }
+        };
+        let i = slot as usize;
+        let d = self.spec.dimension;
+        self.rows[i * d..(i + 1) * d].copy_from_slice(template);
+        let norm_sq: f32 = template.iter().map(|v| v * v).sum();
+        self.norms_sq[i] = norm_sq;
+        (self.key_scale[i], self.key_bias[i]) = match self.spec.measure {
+            Measure::Cosine if norm_sq > 0.0 => (1.0 / norm_sq.sqrt(), 0.0),
+            Measure::Cosine => (0.0, 0.0),
+            Measure::Euclidean => (1.0, -0.5 * norm_sq),
+        };
+        self.owners[i] = Some(owner);
+        self.live += 1;
+        slot
+    }
+
+    /// Frees `slot`; its template never ranks again and the slot is reused by a later insert.
+    fn remove(&mut self, slot: u32) {
+        let i = slot as usize;
+        if self.owners[i].take().is_some() {
+            self.key_scale[i] = 0.0;
+            self.key_bias[i] = f32::NEG_INFINITY;
+            self.free_slots.push(slot);
+            self.live -= 1;
+        }
+    }
+}
+
+/// Where one template of a person lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateRef {
+    /// Index of the shard (model) in [`Gallery::shards`].
+    pub shard: usize,
+    /// Slot in that shard.
+    pub slot: u32,
+}
+
+#[derive(Debug)]
+struct PersonEntry {
+    id: Arc<str>,
+    templates: Vec<TemplateRef>,
+}
+
+/// Why a template could not be placed in the gallery.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum GalleryError {
+    /// No shard serves that model id.
+    #[error("model {model_id:?} is not served")]
+    UnknownModel {
+        /// The model id asked for.
+        model_id: String,
+    },
+    /// The template's length is not the model's dimension.
+    #[error("template of {actual} values for model {model_id:?} of dimension {expected}")]
+    WrongDimension {
+        /// The model id.
+        model_id: String,
+        /// The model's dimension.
+        expected: usize,
+        /// Values received.
+        actual: usize,
+    },
+    /// The template holds NaN or an infinity.
+    #[error("template for model {model_id:?} holds a value that is not finite")]
+    NotFinite {
+        /// The model id.
+        model_id: String,
+    },
+}
+
+/// All shards, and the persons that own their slots.
+#[derive(Debug)]
+pub struct Gallery {
+    shards: Vec<Shard>,
+    persons: Vec<Option<PersonEntry>>,
+    free_persons: Vec<PersonIndex>,
+    by_id: HashMap<Arc<str>, PersonIndex>,
+}
+
+impl Gallery {
+    /// An empty gallery serving `models`.
+    pub fn new(models: Vec<ModelSpec>) -> Self {
+        Gallery {
+            shards: models.into_iter().map(Shard::new).collect(),
+            persons: Vec::new(),
+            free_persons: Vec::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// The shards, one per model.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The shard serving `model_id`, with its index.
+    pub fn shard_for(&self, model_id: &str) -> Option<(usize, &Shard)> {
+        self.shards.iter().enumerate().find(|(_, s)| s.spec.id == model_id)
+    }
+
+    /// Checks that `template` fits the model `model_id`, and returns the shard's index.
+    pub fn check_template(&self, model_id: &str, template: &[f32]) -> Result<usize, GalleryError> {
+        let (index, shard) = self
+            .shard_for(model_id)
+            .ok_or_else(|| GalleryError::UnknownModel { model_id: model_id.to_owned() })?;
+        if template.len() != shard.spec.dimension {
+            return Err(GalleryError::WrongDimension {
+                model_id: model_id.to_owned(),
+                expected: shard.spec.dimension,
+                actual: template.len(),
+            });
+        }
+        if !template.iter().all(|v| v.is_finite()) {
+            return Err(GalleryError::NotFinite { model_id: model_id.to_owned() });
+        }
+        Ok(index)
+    }
+
+    /// Persons enrolled.
+    pub fn person_count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// The index of the person `person_id`, if enrolled.
+    pub fn person_index(&self, person_id: &str) -> Option<PersonIndex> {
+        self.by_id.get(person_id).copied()
+    }
+
+    /// The id of the person at `index`.
+    pub fn person_id(&self, index: PersonIndex) -> Option<&Arc<str>> {
+        self.persons.get(index as usize)?.as_ref().map(|p| &p.id)
+    }
+
+    /// The templates of the person at `index`.
+    pub fn templates_of(&self, index: PersonIndex) -> &[TemplateRef] {
+        match self.persons.get(index as usize) {
+            Some(Some(entry)) => &entry.templates,
+            _ => &[],
+        }
+    }
+
+    /// Adds a template to `person_id` (creating the person), after [`Gallery::check_template`].
+    pub fn add(&mut self, person_id: &str, model_id: &str, template: &[f32]) -> Result<TemplateRef, GalleryError> {
+        let shard = self.check_template(model_id, template)?;
+        let person = self.person_or_insert(person_id);
+        let slot = self.shards[shard].insert(person, template);
+        let reference = TemplateRef { shard, slot };
+        if let Some(Some(entry)) = self.persons.get_mut(person as usize) {
+            entry.templates.push(reference);
+        }
+        Ok(reference)
+    }
+
+    /// Removes a person and all of their templates; returns how many templates went.
+    pub fn remove_person(&mut self, person_id: &str) -> usize {
+        let Some(index) = self.by_id.remove(person_id) else {
+            return 0;
+        };
+        let Some(entry) = self.persons[index as usize].take() else {
+            return 0;
+        };
+        for t in &entry.templates {
+            self.shards[t.shard].remove(t.slot);
+        }
+        self.free_persons.push(index);
+        entry.templates.len()
+    }
+
+    fn person_or_insert(&mut self, person_id: &str) -> PersonIndex {
+        if let Some(&index) = self.by_id.get(person_id) {
+            return index;
+        }
+        let id: Arc<str> = Arc::from(person_id);
+        let entry = PersonEntry { id: Arc::clone(&id), templates: Vec::new() };
+        let index = match self.free_persons.pop() {
+            Some(index) => {
+                self.persons[index as usize] = Some(entry);
+                index
+            }
+            None => {
+                self.persons.push(Some(entry));
+                (self.persons.len() - 1) as PersonIndex
+            }
+        };
+        self.by_id.insert(id, index);
+        index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dimension: usize) -> ModelSpec {
+        ModelSpec { id: "m".into(), dimension, measure: Measure::Cosine, threshold: 0.5 }
+    }
+
+    #[test]
+    fn erased_slots_are_reused_and_never_rank() {
+        let mut g = Gallery::new(vec![spec(2)]);
+        let a = g.add("alice", "m", &[1.0, 0.0]).unwrap();
+        g.add("bob", "m", &[0.0, 1.0]).unwrap();
+        assert_eq!(g.remove_person("alice"), 1);
+        assert!(!g.shards()[0].is_live(a.slot));
+        assert_eq!(g.shards()[0].key_bias()[a.slot as usize], f32::NEG_INFINITY);
+        let c = g.add("carol", "m", &[1.0, 1.0]).unwrap();
+        assert_eq!(c.slot, a.slot, "a freed slot is reused before the block grows");
+        assert_eq!(g.shards()[0].slot_count(), 2);
+        assert_eq!(g.shards()[0].live_count(), 2);
+        assert_eq!(g.person_count(), 2);
+    }
+
+    #[test]
+    fn templates_are_checked_against_the_model() {
+        let g = Gallery::new(vec![spec(2)]);
+        assert!(matches!(g.check_template("x", &[0.0; 2]), Err(GalleryError::UnknownModel { .. })));
+        assert!(matches!(
+            g.check_template("m", &[0.0; 3]),
+            Err(GalleryError::WrongDimension { expected: 2, actual: 3, .. })
+        ));
+        assert!(matches!(g.check_template("m", &[f32::NAN, 0.0]), Err(GalleryError::NotFinite { .. })));
+    }
+}

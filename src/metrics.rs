@@ -1,0 +1,140 @@
+//! Every Prometheus series the appliance exports, named in one place.
+//!
+//! Names follow `gatematch_<what>_<unit>`. Durations are histograms in seconds with explicit
+//! buckets (without buckets the exporter would publish summaries, which cannot be aggregated
+//! across appliances). Counters are monotonic and reset only when the process restarts.
+//! Nothing here ever carries biometric data: labels are operations, outcomes, reasons, model
+//! ids and gate ids.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+
+/// Requests answered, by `operation`, `outcome` and `reason` (counter).
+pub const REQUESTS: &str = "gatematch_requests_total";
+/// Whole-request latency from the stream's arrival to the answer, by `operation` (seconds).
+pub const REQUEST_SECONDS: &str = "gatematch_request_duration_seconds";
+/// Time a job waited in the batcher's queue (seconds).
+pub const QUEUE_WAIT_SECONDS: &str = "gatematch_queue_wait_seconds";
+/// Time the engine spent on one batch (seconds).
+pub const COMPUTE_SECONDS: &str = "gatematch_compute_seconds";
+/// Jobs per batch run by the engine (histogram of counts).
+pub const BATCH_SIZE: &str = "gatematch_batch_size";
+/// Jobs waiting in the batcher's queue (gauge).
+pub const QUEUE_DEPTH: &str = "gatematch_queue_depth";
+/// Live templates in the gallery, by `model` (gauge).
+pub const GALLERY_TEMPLATES: &str = "gatematch_gallery_templates";
+/// Gates holding a connection now (gauge).
+pub const CONNECTED_GATES: &str = "gatematch_connected_gates";
+/// Handshakes refused, by `reason` (counter).
+pub const HANDSHAKES_REFUSED: &str = "gatematch_handshakes_refused_total";
+/// Records committed to the registry per transaction (histogram of counts).
+pub const COMMIT_SIZE: &str = "gatematch_registry_commit_size";
+/// Time one registry transaction took, fsync included (seconds).
+pub const COMMIT_SECONDS: &str = "gatematch_registry_commit_seconds";
+/// The backend in use, as a label (`backend`), with value 1 (gauge).
+pub const BACKEND: &str = "gatematch_backend_info";
+
+/// Latency buckets, in seconds: 50 µs to 5 s, dense around the milliseconds gates care about.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Count buckets for batch and commit sizes.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Installs the global recorder and, when `listen` is given, its HTTP `/metrics` listener.
+/// Must run inside a Tokio runtime.
+pub fn install(listen: Option<SocketAddr>) -> Result<(), BuildError> {
+    let mut builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), COUNT_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(COMMIT_SIZE.into()), COUNT_BUCKETS)?;
+    builder = match listen {
+        Some(addr) => builder.with_http_listener(addr),
+        None => builder,
+    };
+    match listen {
+        Some(_) => builder.install()?,
+        None => {
+            builder.install_recorder()?;
+        }
+    }
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "Requests answered, by operation, outcome and reason");
+    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "Whole-request latency, by operation");
+    describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "Time a job waited in the queue");
+    describe_histogram!(COMPUTE_SECONDS, Unit::Seconds, "Engine time for one batch");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Jobs per engine batch");
+    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Jobs waiting in the batcher's queue");
+    describe_gauge!(GALLERY_TEMPLATES, Unit::Count, "Live templates in the gallery, by model");
+    describe_gauge!(CONNECTED_GATES, Unit::Count, "Gates connected now");
+    describe_counter!(HANDSHAKES_REFUSED, "Handshakes refused, by reason");
+    describe_histogram!(COMMIT_SIZE, Unit::Count, "Records per registry transaction");
+    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Registry transaction time, fsync included");
+    describe_gauge!(BACKEND, "The engine backend in use (label backend), value 1");
+}
+
+/// Counts one answered request.
+pub fn request(operation: &'static str, outcome: &'static str, reason: &'static str, took: Duration) {
+    counter!(REQUESTS, "operation" => operation, "outcome" => outcome, "reason" => reason)
+        .increment(1);
+    histogram!(REQUEST_SECONDS, "operation" => operation).record(took.as_secs_f64());
+}
+
+/// Records how long a job waited in the queue.
+pub fn queue_wait(waited: Duration) {
+    histogram!(QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
+/// Records the engine time of one batch.
+pub fn compute(took: Duration) {
+    histogram!(COMPUTE_SECONDS).record(took.as_secs_f64());
+}
+
+/// Records the size of one batch.
+pub fn batch_size(jobs: usize) {
+    histogram!(BATCH_SIZE).record(jobs as f64);
+}
+
+/// Sets the queue depth.
+pub fn queue_depth(jobs: usize) {
+    gauge!(QUEUE_DEPTH).set(jobs as f64);
+}
+
+/// Sets the live template count of `model`.
+pub fn gallery_templates(model: &str, templates: usize) {
+    gauge!(GALLERY_TEMPLATES, "model" => model.to_owned()).set(templates as f64);
+}
+
+/// Moves the connected-gates gauge by one.
+pub fn gate_connected(connected: bool) {
+    if connected {
+        gauge!(CONNECTED_GATES).increment(1.0);
+    } else {
+        gauge!(CONNECTED_GATES).decrement(1.0);
+    }
+}
+
+/// Counts one refused handshake.
+pub fn handshake_refused(reason: &'static str) {
+    counter!(HANDSHAKES_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Records one registry transaction.
+pub fn commit(records: usize, took: Duration) {
+    histogram!(COMMIT_SIZE).record(records as f64);
+    histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
+}
+
+/// Marks the backend in use.
+pub fn backend(name: &'static str) {
+    gauge!(BACKEND, "backend" => name).set(1.0);
+}
