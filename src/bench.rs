@@ -1,1 +1,105 @@
-//! Benches.
+//! The engine alone, timed: `gatematch bench score`.
+//!
+//! Capacity engineers script this, so it prints one line per run in a fixed
+//! `key=value` format. The gallery is random unit vectors; the measure is cosine (the scan
+//! does the same dot-product work for either measure).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Backend, Measure};
+use crate::gallery::{Gallery, ModelSpec};
+use crate::gate::travellers::random_block;
+
+/// What to time.
+#[derive(Clone, Copy, Debug)]
+pub struct ScoreBench {
+    /// Gallery templates.
+    pub gallery: usize,
+    /// Values per template.
+    pub dimension: usize,
+    /// Probes per call.
+    pub batch: usize,
+    /// Candidates per probe.
+    pub k: usize,
+    /// How long to keep calling.
+    pub duration: Duration,
+}
+
+/// What was measured.
+#[derive(Clone, Debug)]
+pub struct ScoreBenchResult {
+    /// The settings.
+    pub bench: ScoreBench,
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Worker threads.
+    pub threads: usize,
+    /// Probes answered per second.
+    pub queries_per_s: f64,
+    /// Probe-template comparisons per second.
+    pub comparisons_per_s: f64,
+    /// Gallery bytes read per second (one pass per call).
+    pub gallery_bytes_per_s: f64,
+    /// Median call time.
+    pub median_call: Duration,
+}
+
+/// A gallery of `rows` random templates, as one shard.
+pub fn random_gallery(rows: usize, dimension: usize, seed: u64) -> Gallery {
+    let spec = ModelSpec { id: "bench".into(), dimension, measure: Measure::Cosine, threshold: 0.5 };
+    let mut gallery = Gallery::new(vec![spec]);
+    let block = random_block(rows, dimension, seed);
+    for (i, row) in block.chunks_exact(dimension).enumerate() {
+        gallery.add(&format!("p{i}"), "bench", row).expect("rows have the shard's dimension");
+    }
+    gallery
+}
+
+/// Calls `backend.identify` on a random gallery until `bench.duration` has passed.
+pub fn score(backend: &dyn Backend, threads: usize, bench: ScoreBench) -> ScoreBenchResult {
+    let gallery = random_gallery(bench.gallery, bench.dimension, 1);
+    let shard = &gallery.shards()[0];
+    let probes = random_block(bench.batch, bench.dimension, 2);
+    // One call first: it pages the gallery in and, on a GPU, compiles the pipelines.
+    let _ = backend.identify(shard, &probes, bench.k);
+    let mut calls = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < bench.duration || calls.len() < 3 {
+        let t = Instant::now();
+        let _ = backend.identify(shard, &probes, bench.k);
+        calls.push(t.elapsed());
+    }
+    calls.sort();
+    let median_call = calls[calls.len() / 2];
+    let per_s = 1.0 / median_call.as_secs_f64().max(1e-12);
+    ScoreBenchResult {
+        bench,
+        backend: backend.name(),
+        threads,
+        queries_per_s: bench.batch as f64 * per_s,
+        comparisons_per_s: (bench.batch * bench.gallery) as f64 * per_s,
+        gallery_bytes_per_s: (bench.gallery * bench.dimension * 4) as f64 * per_s,
+        median_call,
+    }
+}
+
+impl fmt::Display for ScoreBenchResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "score backend={} n={} dim={} batch={} k={} threads={} queries_per_s={:.1} \
+             comparisons_per_s={:.4e} gallery_gb_per_s={:.2} median_call_ms={:.3}",
+            self.backend,
+            self.bench.gallery,
+            self.bench.dimension,
+            self.bench.batch,
+            self.bench.k,
+            self.threads,
+            self.queries_per_s,
+            self.comparisons_per_s,
+            self.gallery_bytes_per_s / 1e9,
+            self.median_call.as_secs_f64() * 1e3,
+        )
+    }
+}

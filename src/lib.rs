@@ -17,6 +17,7 @@
 //!   similarity, higher is closer; or Euclidean distance, lower is closer).
 //! * **threshold**: the score at which a comparison counts as a match.
 
+pub mod app;
 pub mod bench;
 pub mod config;
 pub mod engine;

@@ -1,1 +1,329 @@
-fn main() {}
+//! The `gatematch` command line: parses arguments and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use gatematch::app::{self, DemoOptions};
+use gatematch::bench::{self, ScoreBench};
+use gatematch::config::{Config, SYNTHETIC_MODEL};
+use gatematch::engine::cpu::CpuEngine;
+use gatematch::gate::simulate::{self, Mix, Simulation};
+use gatematch::gate::travellers::Population;
+use gatematch::pki;
+
+#[derive(Parser)]
+#[command(name = "gatematch", version, about = "Match server for automated border-control gates")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the appliance.
+    Serve {
+        /// The TOML configuration (see deploy/gatematch.toml).
+        #[arg(long, env = "GATEMATCH_CONFIG")]
+        config: PathBuf,
+        /// Overrides server.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Overrides registry.path.
+        #[arg(long)]
+        registry: Option<PathBuf>,
+        /// Overrides metrics.listen.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Overrides engine.threads.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Makes a development PKI: gate CA, server certificate and gate certificates.
+    Certs {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Gate certificates to make.
+        #[arg(long, default_value_t = 8)]
+        gates: usize,
+        /// The site written into the gate certificates.
+        #[arg(long, default_value = "dev-site")]
+        site: String,
+        /// Extra server names (DNS names or IP addresses) beside localhost, 127.0.0.1 and ::1.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Plays gates against a running appliance and reports what happened.
+    Gate {
+        /// The appliance's address.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        server: SocketAddr,
+        /// The name the server certificate must carry.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// The development PKI folder made by `gatematch certs`.
+        #[arg(long)]
+        certs: PathBuf,
+        /// Simulated gates, each with its own connection and certificate.
+        #[arg(long, default_value_t = 4)]
+        gates: usize,
+        /// Offered requests per second, all gates together.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds to offer load.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Operation weights, enrol:verify:identify.
+        #[arg(long, default_value = "1:8:1")]
+        mix: Mix,
+        /// Travellers 0..N already enrolled (from `gallery synth` and `gallery import`).
+        #[arg(long, default_value_t = 0)]
+        enrolled: u64,
+        /// Seed of the synthetic population (must match `gallery synth --seed`).
+        #[arg(long, default_value_t = 2026)]
+        population_seed: u64,
+        /// Seed of the arrivals and probes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Template dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// The model id the templates claim.
+        #[arg(long, default_value = SYNTHETIC_MODEL)]
+        model: String,
+        /// Candidates per identify.
+        #[arg(long, default_value_t = 5)]
+        k: u32,
+        /// Deadline sent with each request, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u32,
+        /// Share of verifications made by impostors.
+        #[arg(long, default_value_t = 0.1)]
+        impostors: f64,
+    },
+    /// Times the engine alone.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Moves gallery snapshots (HDF5) in and out of the registry.
+    Gallery {
+        #[command(subcommand)]
+        what: GalleryCommand,
+    },
+    /// Starts an appliance on a fresh embedded registry, runs simulated gates against it and
+    /// prints what happened.
+    Demo {
+        /// Keep the PKI, registry and config in this folder instead of a temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Simulated gates.
+        #[arg(long, default_value_t = 8)]
+        gates: usize,
+        /// Travellers enrolled in the first phase.
+        #[arg(long, default_value_t = 3000)]
+        travellers: u64,
+        /// Offered requests per second.
+        #[arg(long, default_value_t = 600.0)]
+        rate: f64,
+        /// Seconds of mixed traffic in the second phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Metrics listener.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// 1:N scoring of a batch of probes against a random gallery.
+    Score {
+        /// Gallery templates.
+        #[arg(long, default_value_t = 1_000_000)]
+        gallery: usize,
+        /// Template dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// Probes per call.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Candidates per probe.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Seconds to keep calling.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// The backend.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GalleryCommand {
+    /// Writes one model's templates from the registry to an HDF5 file.
+    Export {
+        /// The HDF5 file to write.
+        file: PathBuf,
+        /// The registry database.
+        #[arg(long, default_value = "gatematch.db")]
+        registry: PathBuf,
+        /// The model to export.
+        #[arg(long, default_value = SYNTHETIC_MODEL)]
+        model: String,
+    },
+    /// Adds an HDF5 snapshot's templates to the registry (refused while an appliance runs).
+    Import {
+        /// The HDF5 file to read.
+        file: PathBuf,
+        /// The registry database.
+        #[arg(long, default_value = "gatematch.db")]
+        registry: PathBuf,
+    },
+    /// Writes a snapshot of synthetic travellers 0..N, for capacity tests.
+    Synth {
+        /// The HDF5 file to write.
+        file: PathBuf,
+        /// Travellers.
+        #[arg(long)]
+        persons: u64,
+        /// Template dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// Population seed (give the same to `gatematch gate --population-seed`).
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// The model id to record.
+        #[arg(long, default_value = SYNTHETIC_MODEL)]
+        model: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The appliance logs its lifecycle at info; the tools that print a report keep quiet
+    // unless RUST_LOG asks for more.
+    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config, listen, registry, metrics, threads } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(listen) = listen {
+                cfg.server.listen = listen;
+            }
+            if let Some(registry) = registry {
+                cfg.registry.path = registry;
+            }
+            if metrics.is_some() {
+                cfg.metrics.listen = metrics;
+            }
+            if let Some(threads) = threads {
+                cfg.engine.threads = threads;
+            }
+            app::serve(cfg).await.context("serving")?;
+        }
+        Command::Certs { out, gates, site, names } => {
+            pki::write_development_pki(&out, gates, &site, &names)
+                .with_context(|| format!("making certificates in {}", out.display()))?;
+            println!("wrote a development PKI with {gates} gate certificates to {}", out.display());
+        }
+        Command::Gate {
+            server,
+            server_name,
+            certs,
+            gates,
+            rate,
+            duration,
+            mix,
+            enrolled,
+            population_seed,
+            seed,
+            dim,
+            model,
+            k,
+            deadline_ms,
+            impostors,
+        } => {
+            if !(0.0..=1.0).contains(&impostors) {
+                bail!("--impostors is a share between 0 and 1");
+            }
+            if rate <= 0.0 || duration <= 0.0 || gates == 0 {
+                bail!("--rate, --duration and --gates must be positive");
+            }
+            let sim = Simulation {
+                server,
+                server_name,
+                certs,
+                gates,
+                rate_per_s: rate,
+                duration: Duration::from_secs_f64(duration),
+                mix,
+                population: Population { seed: population_seed, dimension: dim },
+                enrolled,
+                first_new: enrolled + seed * 1_000_000_000,
+                impostor_share: impostors,
+                identify_k: k,
+                deadline_ms,
+                model_id: model,
+                seed,
+                progress: true,
+            };
+            let report = simulate::run(sim).await.context("running simulated gates")?;
+            println!("{report}");
+        }
+        Command::Bench { what: BenchCommand::Score { gallery, dim, batch, k, seconds, threads, backend } } => {
+            if backend != "cpu" {
+                bail!("backend {backend:?} is not built into this binary; use --backend cpu");
+            }
+            if dim == 0 || batch == 0 {
+                bail!("--dim and --batch must be positive");
+            }
+            let engine = CpuEngine::new(threads);
+            let threads = engine.threads();
+            let bench = ScoreBench { gallery, dimension: dim, batch, k, duration: Duration::from_secs_f64(seconds) };
+            let result = tokio::task::spawn_blocking(move || bench::score(&engine, threads, bench)).await?;
+            println!("{result}");
+        }
+        Command::Gallery { what } => match what {
+            GalleryCommand::Export { file, registry, model } => {
+                let n = app::export(&registry, &model, &file)?;
+                println!("exported {n} templates of model {model} to {}", file.display());
+            }
+            GalleryCommand::Import { file, registry } => {
+                let n = app::import(&registry, &file)?;
+                println!("imported {n} templates from {} into {}", file.display(), registry.display());
+            }
+            GalleryCommand::Synth { file, persons, dim, seed, model } => {
+                app::synth(&file, persons, dim, seed, &model)?;
+                println!("wrote {persons} synthetic travellers to {}", file.display());
+            }
+        },
+        Command::Demo { dir, gates, travellers, rate, seconds, metrics } => {
+            if gates == 0 || rate <= 0.0 {
+                bail!("--gates and --rate must be positive");
+            }
+            let options = DemoOptions { dir, gates, travellers, rate_per_s: rate, seconds, metrics: Some(metrics) };
+            app::demo(options).await.context("running the demo")?;
+        }
+    }
+    Ok(())
+}

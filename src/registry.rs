@@ -444,3 +444,58 @@ fn decode(data: &[u8], dimension: i64) -> Option<Vec<f32>> {
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
+
+/// Adds templates of one model to the registry at `path` in one transaction, offline: the
+/// registry's lock is taken first, so this refuses to run while an appliance holds the file.
+/// Returns how many templates were stored.
+pub fn import<'a>(
+    path: &Path,
+    model_id: &str,
+    modality: i32,
+    rows: impl Iterator<Item = (&'a str, &'a [f32])>,
+    origin: &Origin,
+) -> Result<usize, RegistryError> {
+    let _lock = lock(path)?;
+    let mut connection = connect(path)?;
+    let db = |source| RegistryError::Database { path: path.to_owned(), source };
+    let tx = connection.transaction().map_err(db)?;
+    let now = now_ms();
+    let mut count = 0;
+    {
+        let mut person = tx
+            .prepare(
+                "INSERT INTO persons (person_id, enrolled_at_ms, gate_id, site)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(person_id) DO UPDATE SET person_id = excluded.person_id
+                 RETURNING id",
+            )
+            .map_err(db)?;
+        let mut template = tx
+            .prepare(
+                "INSERT INTO templates
+                 (person, modality, model_id, dimension, data, enrolled_at_ms, gate_id, site)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(db)?;
+        for (person_id, values) in rows {
+            let id: i64 = person
+                .query_row(params![person_id, now, origin.gate_id, origin.site], |r| r.get(0))
+                .map_err(db)?;
+            template
+                .execute(params![
+                    id,
+                    modality,
+                    model_id,
+                    values.len() as i64,
+                    encode(values),
+                    now,
+                    origin.gate_id,
+                    origin.site
+                ])
+                .map_err(db)?;
+            count += 1;
+        }
+    }
+    tx.commit().map_err(db)?;
+    Ok(count)
+}

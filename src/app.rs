@@ -1,0 +1,279 @@
+//! The commands of the `gatematch` binary, as library functions: `main.rs` only parses the
+//! command line and calls these.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError, SYNTHETIC_MODEL};
+use crate::engine::Backend;
+use crate::engine::cpu::CpuEngine;
+use crate::flows::{Appliance, ApplianceError};
+use crate::gallery::snapshot::{self, Snapshot, SnapshotError};
+use crate::gate::GateError;
+use crate::gate::simulate::{self, Mix, Report, Simulation};
+use crate::gate::travellers::Population;
+use crate::pki::{self, PkiError};
+use crate::proto;
+use crate::registry::{self, Origin, RegistryError};
+use crate::server::{self, ServerError};
+
+/// What can fail in a command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The appliance could not start.
+    #[error(transparent)]
+    Appliance(#[from] ApplianceError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The endpoint could not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A snapshot could not be read or written.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Certificates could not be made or read.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// A simulated gate failed.
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    /// The metrics exporter could not start.
+    #[error("metrics exporter: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// A snapshot's model does not fit what was asked.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A file or folder could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The backend the configuration asks for.
+pub fn backend(config: &Config) -> Arc<dyn Backend> {
+    let engine = CpuEngine::new(config.engine.threads);
+    tracing::info!(backend = "cpu", threads = engine.threads(), "engine backend chosen");
+    crate::metrics::backend("cpu");
+    Arc::new(engine)
+}
+
+/// An appliance running inside this process (the demo and the tests use it).
+pub struct RunningAppliance {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The service behind the endpoint.
+    pub appliance: Arc<Appliance>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningAppliance {
+    /// Stops accepting, closes every connection and waits for the endpoint to go idle.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the registry, loads the gallery and starts serving gates in a background task.
+pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
+    let appliance = Arc::new(Appliance::open(config, backend(config))?);
+    let endpoint = server::bind(&config.server)?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|source| CommandError::Io { path: PathBuf::from("udp socket"), source })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server_config = config.server.clone();
+    let serving = Arc::clone(&appliance);
+    let task = tokio::spawn(async move {
+        server::serve(endpoint, &server_config, serving, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    Ok(RunningAppliance { addr, appliance, stop: Some(stop), task })
+}
+
+/// `gatematch serve`: runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), CommandError> {
+    crate::metrics::install(config.metrics.listen)?;
+    if let Some(addr) = config.metrics.listen {
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    let running = start(&config)?;
+    tracing::info!(addr = %running.addr, registry = %config.registry.path.display(), "appliance started");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(term) => { term.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// `gatematch gallery export`: writes one model's templates from the registry to HDF5.
+pub fn export(registry_path: &Path, model_id: &str, out: &Path) -> Result<usize, CommandError> {
+    let connection = registry::connect(registry_path)?;
+    let mut snap = Snapshot { model_id: model_id.to_owned(), dimension: 0, templates: Vec::new(), person_ids: Vec::new() };
+    let mut mismatch = None;
+    registry::for_each_template(&connection, Some(model_id), |t| {
+        if snap.person_ids.is_empty() {
+            snap.dimension = t.values.len();
+        }
+        if t.values.len() != snap.dimension {
+            mismatch = Some(t.values.len());
+            return;
+        }
+        snap.templates.extend_from_slice(&t.values);
+        snap.person_ids.push(t.person_id);
+    })?;
+    if let Some(len) = mismatch {
+        return Err(CommandError::Mismatch(format!(
+            "model {model_id:?} has templates of {len} and {} values",
+            snap.dimension
+        )));
+    }
+    snapshot::write(out, &snap)?;
+    Ok(snap.len())
+}
+
+/// `gatematch gallery import`: adds a snapshot's templates to the registry, offline.
+pub fn import(registry_path: &Path, file: &Path) -> Result<usize, CommandError> {
+    let snap = snapshot::read(file)?;
+    let origin = Origin { gate_id: "gallery-import".into(), site: file.display().to_string() };
+    let rows = snap
+        .person_ids
+        .iter()
+        .zip(snap.templates.chunks_exact(snap.dimension.max(1)))
+        .map(|(id, values)| (id.as_str(), values));
+    Ok(registry::import(registry_path, &snap.model_id, proto::Modality::Face as i32, rows, &origin)?)
+}
+
+/// `gatematch gallery synth`: a snapshot of synthetic travellers `0..persons`, the same ones
+/// `gatematch gate --enrolled` expects.
+pub fn synth(out: &Path, persons: u64, dimension: usize, seed: u64, model_id: &str) -> Result<(), CommandError> {
+    let population = Population { seed, dimension };
+    let mut snap = Snapshot {
+        model_id: model_id.to_owned(),
+        dimension,
+        templates: Vec::with_capacity(persons as usize * dimension),
+        person_ids: Vec::with_capacity(persons as usize),
+    };
+    for i in 0..persons {
+        snap.templates.extend_from_slice(&population.template(i));
+        snap.person_ids.push(population.person_id(i));
+    }
+    Ok(snapshot::write(out, &snap)?)
+}
+
+/// What `gatematch demo` does.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Folder for the PKI, the registry and the config (a fresh temporary one if absent).
+    pub dir: Option<PathBuf>,
+    /// Simulated gates.
+    pub gates: usize,
+    /// Travellers to enrol before the mixed traffic.
+    pub travellers: u64,
+    /// Offered requests per second.
+    pub rate_per_s: f64,
+    /// Seconds of mixed traffic.
+    pub seconds: f64,
+    /// Metrics listener.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `gatematch demo`: an appliance on an embedded default registry, simulated gates that enrol
+/// travellers and then verify and identify them; returns both phases' reports.
+pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError> {
+    let scratch;
+    let dir = match &options.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            scratch = tempdir()?;
+            scratch.clone()
+        }
+    };
+    let certs = dir.join("certs");
+    pki::write_development_pki(&certs, options.gates, "demo-airport", &[])?;
+    let registry_path = dir.join("gatematch.db");
+    let mut config = Config::development(&certs, &registry_path, SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.metrics.listen = options.metrics;
+    crate::metrics::install(config.metrics.listen)?;
+    let running = start(&config)?;
+    println!("appliance listening on {} (QUIC, mutual TLS); registry {}", running.addr, registry_path.display());
+    if let Some(addr) = options.metrics {
+        println!("metrics: http://{addr}/metrics");
+    }
+    let population = Population { seed: 2026, dimension: 128 };
+    let base = Simulation {
+        server: running.addr,
+        server_name: "localhost".into(),
+        certs: certs.clone(),
+        gates: options.gates,
+        rate_per_s: options.rate_per_s,
+        duration: Duration::from_secs_f64(options.travellers as f64 / options.rate_per_s),
+        mix: Mix { enrol: 1, verify: 0, identify: 0 },
+        population,
+        enrolled: 0,
+        first_new: 0,
+        impostor_share: 0.1,
+        identify_k: 5,
+        deadline_ms: 2_000,
+        model_id: SYNTHETIC_MODEL.into(),
+        seed: 1,
+        progress: true,
+    };
+    println!("\nphase 1: {} gates enrol about {} travellers", options.gates, options.travellers);
+    let enrolment = simulate::run(base.clone()).await?;
+    println!("{enrolment}");
+    let enrolled = running.appliance.gallery().read().map(|g| g.person_count()).unwrap_or(0) as u64;
+    let traffic = Simulation {
+        duration: Duration::from_secs_f64(options.seconds),
+        mix: Mix { enrol: 1, verify: 8, identify: 2 },
+        enrolled,
+        first_new: enrolled + 1_000_000,
+        seed: 2,
+        ..base
+    };
+    println!("phase 2: verify (10% impostors), identify and more enrolments against {enrolled} persons");
+    let mixed = simulate::run(traffic).await?;
+    println!("{mixed}");
+    running.stop().await;
+    if options.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok((enrolment, mixed))
+}
+
+fn tempdir() -> Result<PathBuf, CommandError> {
+    let dir = std::env::temp_dir().join(format!("gatematch-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| CommandError::Io { path: dir.clone(), source })?;
+    Ok(dir)
+}
