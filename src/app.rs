@@ -112,8 +112,8 @@ pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
 
 /// `gatematch serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), CommandError> {
-    crate::metrics::install(config.metrics.listen)?;
-    if let Some(addr) = config.metrics.listen {
+    crate::metrics::install(config.metrics.listener())?;
+    if let Some(addr) = config.metrics.listener() {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
     let running = start(&config)?;
@@ -224,8 +224,10 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
     pki::write_development_pki(&certs, options.gates, "demo-airport", &[])?;
     let registry_path = dir.join("gatematch.db");
     let mut config = Config::development(&certs, &registry_path, SocketAddr::from(([127, 0, 0, 1], 0)));
-    config.metrics.listen = options.metrics;
-    crate::metrics::install(config.metrics.listen)?;
+    if let Some(addr) = options.metrics {
+        config.metrics = crate::config::MetricsConfig { enabled: true, listen: addr };
+    }
+    crate::metrics::install(config.metrics.listener())?;
     let running = start(&config)?;
     println!("appliance listening on {} (QUIC, mutual TLS); registry {}", running.addr, registry_path.display());
     if let Some(addr) = options.metrics {

@@ -112,9 +112,19 @@ pub struct RegistryConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// TCP address of the `/metrics` listener; absent disables it. Default `127.0.0.1:9464`.
+    /// Whether to serve `/metrics` at all. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// TCP address of the `/metrics` listener. Default `127.0.0.1:9464`.
     #[serde(default = "default_metrics_listen")]
-    pub listen: Option<SocketAddr>,
+    pub listen: SocketAddr,
+}
+
+impl MetricsConfig {
+    /// The listener address, when enabled.
+    pub fn listener(&self) -> Option<SocketAddr> {
+        self.enabled.then_some(self.listen)
+    }
 }
 
 /// Compute and batching.
@@ -179,8 +189,11 @@ fn default_max_deadline_ms() -> u32 {
 fn default_registry_path() -> PathBuf {
     PathBuf::from("gatematch.db")
 }
-fn default_metrics_listen() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_true() -> bool {
+    true
 }
 fn default_max_batch() -> usize {
     64
@@ -218,7 +231,7 @@ impl Default for RegistryConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { listen: default_metrics_listen() }
+        MetricsConfig { enabled: true, listen: default_metrics_listen() }
     }
 }
 
@@ -273,7 +286,7 @@ impl Config {
                 max_deadline_ms: default_max_deadline_ms(),
             },
             registry: RegistryConfig { path: registry.to_owned() },
-            metrics: MetricsConfig { listen: None },
+            metrics: MetricsConfig { enabled: false, listen: default_metrics_listen() },
             engine: EngineConfig::default(),
             models: default_models(),
         }

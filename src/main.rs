@@ -233,7 +233,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(registry) = registry {
                 cfg.registry.path = registry;
             }
-            if metrics.is_some() {
+            if let Some(metrics) = metrics {
+                cfg.metrics.enabled = true;
                 cfg.metrics.listen = metrics;
             }
             if let Some(threads) = threads {

@@ -1,0 +1,113 @@
+//! What the integration tests share: a development PKI, an appliance on loopback, gates.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gatematch::app::{self, RunningAppliance};
+use gatematch::config::{Config, SYNTHETIC_MODEL};
+use gatematch::gate::GateClient;
+use gatematch::gate::travellers::Population;
+use gatematch::pki;
+use gatematch::proto::{self, request::Operation, response::Result as Answer};
+
+/// A folder with a development PKI of `gates` gates, removed when dropped.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new(gates: usize) -> Site {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        pki::write_development_pki(&dir.path().join("certs"), gates, "test-site", &[])
+            .expect("development PKI");
+        Site { dir }
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    pub fn registry(&self) -> PathBuf {
+        self.dir.path().join("registry.db")
+    }
+
+    /// A configuration on a free loopback port with this site's PKI and registry.
+    pub fn config(&self) -> Config {
+        Config::development(&self.certs(), &self.registry(), SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn start(&self, config: &Config) -> RunningAppliance {
+        app::start(config).expect("appliance starts")
+    }
+
+    /// Gate `n` (1-based) connected to `addr`.
+    pub async fn gate(&self, n: usize, addr: SocketAddr) -> GateClient {
+        let stem = self.certs().join("gates").join(pki::gate_name(n));
+        GateClient::connect(
+            addr,
+            "localhost",
+            &self.certs().join("ca.pem"),
+            &stem.with_extension("pem"),
+            &stem.with_extension("key"),
+        )
+        .await
+        .expect("gate connects")
+    }
+}
+
+pub const POPULATION: Population = Population { seed: 99, dimension: 128 };
+
+pub fn template(values: Vec<f32>) -> proto::Template {
+    proto::Template { modality: proto::Modality::Face as i32, model_id: SYNTHETIC_MODEL.into(), values }
+}
+
+pub fn request(operation: Operation) -> proto::Request {
+    proto::Request { request_id: 7, deadline_ms: 5_000, operation: Some(operation) }
+}
+
+pub fn enrol(person: u64) -> proto::Request {
+    request(Operation::Enrol(proto::EnrolRequest {
+        person_id: POPULATION.person_id(person),
+        templates: vec![template(POPULATION.template(person))],
+    }))
+}
+
+pub fn verify(claimed: u64, probe: Vec<f32>) -> proto::Request {
+    request(Operation::Verify(proto::VerifyRequest {
+        person_id: POPULATION.person_id(claimed),
+        probe: Some(template(probe)),
+    }))
+}
+
+pub fn identify(probe: Vec<f32>, k: u32) -> proto::Request {
+    request(Operation::Identify(proto::IdentifyRequest { probe: Some(template(probe)), k }))
+}
+
+pub fn erase(person: u64) -> proto::Request {
+    request(Operation::Erase(proto::EraseRequest { person_id: POPULATION.person_id(person) }))
+}
+
+pub fn refusal(response: &proto::Response) -> proto::Reason {
+    assert_eq!(response.outcome, proto::Outcome::Refused as i32, "expected a refusal: {response:?}");
+    response.reason()
+}
+
+pub fn verify_result(response: proto::Response) -> proto::VerifyResult {
+    match response.result {
+        Some(Answer::Verify(v)) => v,
+        other => panic!("expected a verify result, got {other:?} ({})", response.detail),
+    }
+}
+
+pub fn identify_result(response: proto::Response) -> proto::IdentifyResult {
+    match response.result {
+        Some(Answer::Identify(v)) => v,
+        other => panic!("expected an identify result, got {other:?} ({})", response.detail),
+    }
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
