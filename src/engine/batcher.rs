@@ -361,3 +361,111 @@ fn engine_error(e: EngineError) -> BatchError {
     tracing::error!(error = %e, "engine failed on a batch");
     BatchError::Engine(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::engine::cpu::CpuEngine;
+    use crate::engine::{Candidate, Measure};
+    use crate::gallery::ModelSpec;
+
+    fn gallery() -> Arc<RwLock<Gallery>> {
+        let spec = ModelSpec { id: "m".into(), dimension: 2, measure: Measure::Cosine, threshold: 0.5 };
+        let mut g = Gallery::new(vec![spec]);
+        // Alice holds three templates near (1, 0); Bob one at (0.9, 0.1); Carol one far away.
+        for v in [[1.0, 0.0], [0.99, 0.01], [0.98, 0.02]] {
+            g.add("alice", "m", &v).unwrap();
+        }
+        g.add("bob", "m", &[0.9, 0.1]).unwrap();
+        g.add("carol", "m", &[-1.0, 0.2]).unwrap();
+        Arc::new(RwLock::new(g))
+    }
+
+    fn config(queue_capacity: usize) -> BatchConfig {
+        BatchConfig { max_batch: 8, max_wait: Duration::from_micros(100), queue_capacity }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn identify_returns_distinct_persons_best_first() {
+        let batcher = Batcher::start(config(16), gallery(), Arc::new(CpuEngine::new(1)));
+        let job = Job::Identify { shard: 0, probe: vec![1.0, 0.0], k: 3 };
+        let JobOutput::Identify(persons) = batcher.run(job, soon()).await.unwrap() else { panic!() };
+        let names: Vec<&str> = persons.iter().map(|(p, _)| p.as_ref()).collect();
+        assert_eq!(names, ["alice", "bob", "carol"], "alice's three templates count once");
+        assert!((persons[0].1 - 1.0).abs() < 1e-6);
+    }
+
+    #[tokio::test]
+    async fn verify_takes_the_best_of_the_persons_templates() {
+        let batcher = Batcher::start(config(16), gallery(), Arc::new(CpuEngine::new(1)));
+        let job = Job::Verify { shard: 0, probe: vec![0.98, 0.02], person_id: "alice".into() };
+        assert_eq!(batcher.run(job, soon()).await.unwrap(), JobOutput::Verify(1.0));
+        let job = Job::Verify { shard: 0, probe: vec![1.0, 0.0], person_id: "nobody".into() };
+        assert_eq!(batcher.run(job, soon()).await, Err(BatchError::UnknownPerson));
+    }
+
+    #[tokio::test]
+    async fn a_job_past_its_deadline_is_not_computed() {
+        let batcher = Batcher::start(config(16), gallery(), Arc::new(CpuEngine::new(1)));
+        let job = Job::Identify { shard: 0, probe: vec![1.0, 0.0], k: 1 };
+        let expired = Instant::now() - Duration::from_millis(1);
+        assert!(matches!(batcher.run(job, expired).await, Err(BatchError::DeadlineExceeded { .. })));
+    }
+
+    /// Holds every batch until the test lets it go, so the queue can be filled.
+    struct Gated {
+        inner: CpuEngine,
+        entered: Arc<Barrier>,
+        release: Arc<Barrier>,
+    }
+
+    impl Backend for Gated {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+        fn identify(&self, s: &Shard, p: &[f32], k: usize) -> Result<Vec<Vec<Candidate>>, EngineError> {
+            self.entered.wait();
+            self.release.wait();
+            self.inner.identify(s, p, k)
+        }
+        fn verify(&self, s: &Shard, p: &[f32], slots: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+            self.inner.verify(s, p, slots)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_answers_busy_at_once() {
+        let entered = Arc::new(Barrier::new(2));
+        let release = Arc::new(Barrier::new(2));
+        let backend = Gated { inner: CpuEngine::new(1), entered: Arc::clone(&entered), release: Arc::clone(&release) };
+        let batcher = Batcher::start(config(2), gallery(), Arc::new(backend));
+        let job = || Job::Identify { shard: 0, probe: vec![1.0, 0.0], k: 1 };
+        let first = batcher.submit(job(), soon()).unwrap();
+        tokio::task::spawn_blocking({
+            let entered = Arc::clone(&entered);
+            move || entered.wait()
+        })
+        .await
+        .unwrap();
+        // The worker is inside the first batch; two more fill the queue, the next is refused.
+        let queued = [batcher.submit(job(), soon()).unwrap(), batcher.submit(job(), soon()).unwrap()];
+        assert_eq!(batcher.submit(job(), soon()).unwrap_err(), BatchError::Busy { capacity: 2 });
+        assert_eq!(batcher.queue_depth(), 2);
+        let release_all = tokio::task::spawn_blocking(move || {
+            release.wait();
+            entered.wait();
+            release.wait();
+        });
+        assert!(first.await.unwrap().is_ok());
+        for answer in queued {
+            assert!(answer.await.unwrap().is_ok(), "queued work is answered, not dropped");
+        }
+        release_all.await.unwrap();
+    }
+}
