@@ -66,7 +66,11 @@ pub enum CommandError {
 /// The backend the configuration asks for.
 pub fn backend(config: &Config) -> Arc<dyn Backend> {
     let engine = CpuEngine::new(config.engine.threads);
-    tracing::info!(backend = "cpu", threads = engine.threads(), "engine backend chosen");
+    tracing::info!(
+        backend = "cpu",
+        threads = engine.threads(),
+        "engine backend chosen"
+    );
     crate::metrics::backend("cpu");
     Arc::new(engine)
 }
@@ -95,9 +99,10 @@ impl RunningAppliance {
 pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
     let appliance = Arc::new(Appliance::open(config, backend(config))?);
     let endpoint = server::bind(&config.server)?;
-    let addr = endpoint
-        .local_addr()
-        .map_err(|source| CommandError::Io { path: PathBuf::from("udp socket"), source })?;
+    let addr = endpoint.local_addr().map_err(|source| CommandError::Io {
+        path: PathBuf::from("udp socket"),
+        source,
+    })?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server_config = config.server.clone();
     let serving = Arc::clone(&appliance);
@@ -107,7 +112,12 @@ pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
         })
         .await;
     });
-    Ok(RunningAppliance { addr, appliance, stop: Some(stop), task })
+    Ok(RunningAppliance {
+        addr,
+        appliance,
+        stop: Some(stop),
+        task,
+    })
 }
 
 /// `gatematch serve`: runs until SIGINT or SIGTERM.
@@ -140,7 +150,12 @@ async fn shutdown_signal() {
 /// `gatematch gallery export`: writes one model's templates from the registry to HDF5.
 pub fn export(registry_path: &Path, model_id: &str, out: &Path) -> Result<usize, CommandError> {
     let connection = registry::connect(registry_path)?;
-    let mut snap = Snapshot { model_id: model_id.to_owned(), dimension: 0, templates: Vec::new(), person_ids: Vec::new() };
+    let mut snap = Snapshot {
+        model_id: model_id.to_owned(),
+        dimension: 0,
+        templates: Vec::new(),
+        person_ids: Vec::new(),
+    };
     let mut mismatch = None;
     registry::for_each_template(&connection, Some(model_id), |t| {
         if snap.person_ids.is_empty() {
@@ -166,18 +181,33 @@ pub fn export(registry_path: &Path, model_id: &str, out: &Path) -> Result<usize,
 /// `gatematch gallery import`: adds a snapshot's templates to the registry, offline.
 pub fn import(registry_path: &Path, file: &Path) -> Result<usize, CommandError> {
     let snap = snapshot::read(file)?;
-    let origin = Origin { gate_id: "gallery-import".into(), site: file.display().to_string() };
+    let origin = Origin {
+        gate_id: "gallery-import".into(),
+        site: file.display().to_string(),
+    };
     let rows = snap
         .person_ids
         .iter()
         .zip(snap.templates.chunks_exact(snap.dimension.max(1)))
         .map(|(id, values)| (id.as_str(), values));
-    Ok(registry::import(registry_path, &snap.model_id, proto::Modality::Face as i32, rows, &origin)?)
+    Ok(registry::import(
+        registry_path,
+        &snap.model_id,
+        proto::Modality::Face as i32,
+        rows,
+        &origin,
+    )?)
 }
 
 /// `gatematch gallery synth`: a snapshot of synthetic travellers `0..persons`, the same ones
 /// `gatematch gate --enrolled` expects.
-pub fn synth(out: &Path, persons: u64, dimension: usize, seed: u64, model_id: &str) -> Result<(), CommandError> {
+pub fn synth(
+    out: &Path,
+    persons: u64,
+    dimension: usize,
+    seed: u64,
+    model_id: &str,
+) -> Result<(), CommandError> {
     let population = Population { seed, dimension };
     let mut snap = Snapshot {
         model_id: model_id.to_owned(),
@@ -223,17 +253,31 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
     let certs = dir.join("certs");
     pki::write_development_pki(&certs, options.gates, "demo-airport", &[])?;
     let registry_path = dir.join("gatematch.db");
-    let mut config = Config::development(&certs, &registry_path, SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut config = Config::development(
+        &certs,
+        &registry_path,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
     if let Some(addr) = options.metrics {
-        config.metrics = crate::config::MetricsConfig { enabled: true, listen: addr };
+        config.metrics = crate::config::MetricsConfig {
+            enabled: true,
+            listen: addr,
+        };
     }
     crate::metrics::install(config.metrics.listener())?;
     let running = start(&config)?;
-    println!("appliance listening on {} (QUIC, mutual TLS); registry {}", running.addr, registry_path.display());
+    println!(
+        "appliance listening on {} (QUIC, mutual TLS); registry {}",
+        running.addr,
+        registry_path.display()
+    );
     if let Some(addr) = options.metrics {
         println!("metrics: http://{addr}/metrics");
     }
-    let population = Population { seed: 2026, dimension: 128 };
+    let population = Population {
+        seed: 2026,
+        dimension: 128,
+    };
     let base = Simulation {
         server: running.addr,
         server_name: "localhost".into(),
@@ -241,7 +285,11 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
         gates: options.gates,
         rate_per_s: options.rate_per_s,
         duration: Duration::from_secs_f64(options.travellers as f64 / options.rate_per_s),
-        mix: Mix { enrol: 1, verify: 0, identify: 0 },
+        mix: Mix {
+            enrol: 1,
+            verify: 0,
+            identify: 0,
+        },
         population,
         enrolled: 0,
         first_new: 0,
@@ -252,19 +300,33 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
         seed: 1,
         progress: true,
     };
-    println!("\nphase 1: {} gates enrol about {} travellers", options.gates, options.travellers);
+    println!(
+        "\nphase 1: {} gates enrol about {} travellers",
+        options.gates, options.travellers
+    );
     let enrolment = simulate::run(base.clone()).await?;
     println!("{enrolment}");
-    let enrolled = running.appliance.gallery().read().map(|g| g.person_count()).unwrap_or(0) as u64;
+    let enrolled = running
+        .appliance
+        .gallery()
+        .read()
+        .map(|g| g.person_count())
+        .unwrap_or(0) as u64;
     let traffic = Simulation {
         duration: Duration::from_secs_f64(options.seconds),
-        mix: Mix { enrol: 1, verify: 8, identify: 2 },
+        mix: Mix {
+            enrol: 1,
+            verify: 8,
+            identify: 2,
+        },
         enrolled,
         first_new: enrolled + 1_000_000,
         seed: 2,
         ..base
     };
-    println!("phase 2: verify (10% impostors), identify and more enrolments against {enrolled} persons");
+    println!(
+        "phase 2: verify (10% impostors), identify and more enrolments against {enrolled} persons"
+    );
     let mixed = simulate::run(traffic).await?;
     println!("{mixed}");
     running.stop().await;
@@ -276,6 +338,9 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
 
 fn tempdir() -> Result<PathBuf, CommandError> {
     let dir = std::env::temp_dir().join(format!("gatematch-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|source| CommandError::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| CommandError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     Ok(dir)
 }

@@ -47,11 +47,18 @@ pub struct ScoreBenchResult {
 
 /// A gallery of `rows` random templates, as one shard.
 pub fn random_gallery(rows: usize, dimension: usize, seed: u64) -> Gallery {
-    let spec = ModelSpec { id: "bench".into(), dimension, measure: Measure::Cosine, threshold: 0.5 };
+    let spec = ModelSpec {
+        id: "bench".into(),
+        dimension,
+        measure: Measure::Cosine,
+        threshold: 0.5,
+    };
     let mut gallery = Gallery::new(vec![spec]);
     let block = random_block(rows, dimension, seed);
     for (i, row) in block.chunks_exact(dimension).enumerate() {
-        gallery.add(&format!("p{i}"), "bench", row).expect("rows have the shard's dimension");
+        gallery
+            .add(&format!("p{i}"), "bench", row)
+            .expect("rows have the shard's dimension");
     }
     gallery
 }

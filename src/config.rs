@@ -225,13 +225,18 @@ fn default_models() -> Vec<ModelConfig> {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { path: default_registry_path() }
+        RegistryConfig {
+            path: default_registry_path(),
+        }
     }
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true, listen: default_metrics_listen() }
+        MetricsConfig {
+            enabled: true,
+            listen: default_metrics_listen(),
+        }
     }
 }
 
@@ -251,10 +256,14 @@ impl Default for EngineConfig {
 impl Config {
     /// Reads and checks `path`, resolving relative paths against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.server.certificate,
@@ -285,8 +294,13 @@ impl Config {
                 default_deadline_ms: default_deadline_ms(),
                 max_deadline_ms: default_max_deadline_ms(),
             },
-            registry: RegistryConfig { path: registry.to_owned() },
-            metrics: MetricsConfig { enabled: false, listen: default_metrics_listen() },
+            registry: RegistryConfig {
+                path: registry.to_owned(),
+            },
+            metrics: MetricsConfig {
+                enabled: false,
+                listen: default_metrics_listen(),
+            },
             engine: EngineConfig::default(),
             models: default_models(),
         }
@@ -294,7 +308,10 @@ impl Config {
 
     /// Checks the ranges the parser cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| ConfigError::Invalid { field, problem: problem.into() };
+        let invalid = |field, problem: &str| ConfigError::Invalid {
+            field,
+            problem: problem.into(),
+        };
         if self.models.is_empty() {
             return Err(invalid("models", "must name at least one model"));
         }
@@ -341,5 +358,51 @@ impl Config {
             max_wait: Duration::from_micros(self.engine.max_wait_us),
             queue_capacity: self.engine.queue_capacity,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_with_its_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gatematch.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.server.listen, default_listen());
+        assert_eq!(config.server.max_message_bytes, default_max_message_bytes());
+        assert_eq!(config.engine.max_batch, default_max_batch());
+        assert_eq!(config.metrics.listener(), Some(default_metrics_listen()));
+        assert_eq!(config.models.len(), 1);
+        assert!(config.server.certificate.ends_with("certs/server.pem"));
+        assert!(
+            config.server.certificate.is_absolute()
+                || config
+                    .server
+                    .certificate
+                    .starts_with(path.parent().unwrap())
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let base = "[server]\ncertificate = \"a\"\nprivate_key = \"b\"\ngate_ca = \"c\"\n";
+        std::fs::write(&path, format!("{base}colour = \"blue\"\n")).unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, format!("{base}[engine]\nmax_batch = 0\n")).unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid {
+                field: "engine.max_batch",
+                ..
+            })
+        ));
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(Config::load(&path).unwrap().models[0].id, SYNTHETIC_MODEL);
     }
 }

@@ -45,7 +45,10 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Refusal { reason, detail: detail.into() }
+        Refusal {
+            reason,
+            detail: detail.into(),
+        }
     }
 
     /// A request that could not be decoded or is missing a field.
@@ -108,7 +111,8 @@ impl Appliance {
     pub fn open(config: &Config, backend: Arc<dyn Backend>) -> Result<Appliance, ApplianceError> {
         let gallery = Arc::new(RwLock::new(Gallery::new(config.model_specs())));
         let hook_gallery = Arc::clone(&gallery);
-        let hook = Box::new(move |done: &[(Change, Receipt)]| apply_to_gallery(&hook_gallery, done));
+        let hook =
+            Box::new(move |done: &[(Change, Receipt)]| apply_to_gallery(&hook_gallery, done));
         let (registry, reader) = Registry::open(&config.registry.path, Some(hook))?;
         load_gallery(&gallery, &reader)?;
         drop(reader);
@@ -135,7 +139,12 @@ impl Appliance {
     }
 
     /// Answers one request from `gate`, received at `received`.
-    pub async fn handle(&self, gate: &GateIdentity, request: proto::Request, received: Instant) -> proto::Response {
+    pub async fn handle(
+        &self,
+        gate: &GateIdentity,
+        request: proto::Request,
+        received: Instant,
+    ) -> proto::Response {
         let asked = if request.deadline_ms == 0 {
             self.limits.default_deadline
         } else {
@@ -148,11 +157,23 @@ impl Appliance {
             Some(Operation::Identify(r)) => ("identify", self.identify(r, deadline).await),
             Some(Operation::Erase(r)) => ("erase", self.erase(gate, r).await),
             Some(Operation::Status(_)) => ("status", Ok(self.status(gate))),
-            None => ("none", Err(Refusal::malformed("the request names no operation"))),
+            None => (
+                "none",
+                Err(Refusal::malformed("the request names no operation")),
+            ),
         };
         let response = respond(request.request_id, result);
-        let outcome = if response.outcome == Outcome::Ok as i32 { "ok" } else { "refused" };
-        metrics::request(operation, outcome, reason_label(response.reason()), received.elapsed());
+        let outcome = if response.outcome == Outcome::Ok as i32 {
+            "ok"
+        } else {
+            "refused"
+        };
+        metrics::request(
+            operation,
+            outcome,
+            reason_label(response.reason()),
+            received.elapsed(),
+        );
         tracing::debug!(
             gate = %gate.gate_id,
             operation,
@@ -181,25 +202,45 @@ impl Appliance {
         let mut templates = Vec::with_capacity(r.templates.len());
         for t in r.templates {
             check_template(&self.gallery, &t)?;
-            templates.push(NewTemplate { modality: t.modality, model_id: t.model_id, values: t.values });
+            templates.push(NewTemplate {
+                modality: t.modality,
+                model_id: t.model_id,
+                values: t.values,
+            });
         }
-        let change = Change::Enrol { person_id: r.person_id, templates, origin: origin(gate) };
+        let change = Change::Enrol {
+            person_id: r.person_id,
+            templates,
+            origin: origin(gate),
+        };
         match self.registry.apply(change).await? {
             Receipt::Enrolled { created, templates } => {
                 Ok(Answer::Enrol(proto::EnrolResult { created, templates }))
             }
             other => {
-                tracing::error!(?other, "registry answered an enrolment with another receipt");
-                Err(Refusal::new(Reason::Internal, "unexpected registry receipt"))
+                tracing::error!(
+                    ?other,
+                    "registry answered an enrolment with another receipt"
+                );
+                Err(Refusal::new(
+                    Reason::Internal,
+                    "unexpected registry receipt",
+                ))
             }
         }
     }
 
     async fn verify(&self, r: proto::VerifyRequest, deadline: Instant) -> Result<Answer, Refusal> {
         check_person_id(&r.person_id)?;
-        let probe = r.probe.ok_or_else(|| Refusal::malformed("verify carries no probe"))?;
+        let probe = r
+            .probe
+            .ok_or_else(|| Refusal::malformed("verify carries no probe"))?;
         let (shard, measure, threshold) = check_template(&self.gallery, &probe)?;
-        let job = Job::Verify { shard, probe: probe.values, person_id: r.person_id };
+        let job = Job::Verify {
+            shard,
+            probe: probe.values,
+            person_id: r.person_id,
+        };
         let score = match self.batcher.run(job, deadline).await? {
             JobOutput::Verify(score) => score,
             JobOutput::Identify(_) => return Err(Refusal::new(Reason::Internal, "mismatched job")),
@@ -217,14 +258,27 @@ impl Appliance {
         }))
     }
 
-    async fn identify(&self, r: proto::IdentifyRequest, deadline: Instant) -> Result<Answer, Refusal> {
-        let probe = r.probe.ok_or_else(|| Refusal::malformed("identify carries no probe"))?;
+    async fn identify(
+        &self,
+        r: proto::IdentifyRequest,
+        deadline: Instant,
+    ) -> Result<Answer, Refusal> {
+        let probe = r
+            .probe
+            .ok_or_else(|| Refusal::malformed("identify carries no probe"))?;
         let k = r.k.max(1);
         if k > self.limits.max_k {
-            return Err(Refusal::malformed(format!("k = {k} is over the limit of {}", self.limits.max_k)));
+            return Err(Refusal::malformed(format!(
+                "k = {k} is over the limit of {}",
+                self.limits.max_k
+            )));
         }
         let (shard, measure, threshold) = check_template(&self.gallery, &probe)?;
-        let job = Job::Identify { shard, probe: probe.values, k: k as usize };
+        let job = Job::Identify {
+            shard,
+            probe: probe.values,
+            k: k as usize,
+        };
         let persons = match self.batcher.run(job, deadline).await? {
             JobOutput::Identify(persons) => persons,
             JobOutput::Verify(_) => return Err(Refusal::new(Reason::Internal, "mismatched job")),
@@ -232,7 +286,10 @@ impl Appliance {
         Ok(Answer::Identify(proto::IdentifyResult {
             candidates: persons
                 .into_iter()
-                .map(|(id, score)| proto::Candidate { person_id: id.to_string(), score })
+                .map(|(id, score)| proto::Candidate {
+                    person_id: id.to_string(),
+                    score,
+                })
                 .collect(),
             measure: wire_measure(measure) as i32,
             threshold,
@@ -241,17 +298,24 @@ impl Appliance {
 
     async fn erase(&self, gate: &GateIdentity, r: proto::EraseRequest) -> Result<Answer, Refusal> {
         check_person_id(&r.person_id)?;
-        let change = Change::Erase { person_id: r.person_id, origin: origin(gate) };
+        let change = Change::Erase {
+            person_id: r.person_id,
+            origin: origin(gate),
+        };
         match self.registry.apply(change).await? {
-            Receipt::Erased { templates: 0 } => {
-                Err(Refusal::new(Reason::UnknownPerson, "no person with that id is enrolled"))
-            }
-            Receipt::Erased { templates } => {
-                Ok(Answer::Erase(proto::EraseResult { templates_removed: templates }))
-            }
+            Receipt::Erased { templates: 0 } => Err(Refusal::new(
+                Reason::UnknownPerson,
+                "no person with that id is enrolled",
+            )),
+            Receipt::Erased { templates } => Ok(Answer::Erase(proto::EraseResult {
+                templates_removed: templates,
+            })),
             other => {
                 tracing::error!(?other, "registry answered an erasure with another receipt");
-                Err(Refusal::new(Reason::Internal, "unexpected registry receipt"))
+                Err(Refusal::new(
+                    Reason::Internal,
+                    "unexpected registry receipt",
+                ))
             }
         }
     }
@@ -325,7 +389,10 @@ fn wire_measure(measure: Measure) -> proto::Measure {
 }
 
 fn origin(gate: &GateIdentity) -> Origin {
-    Origin { gate_id: gate.gate_id.clone(), site: gate.site.clone() }
+    Origin {
+        gate_id: gate.gate_id.clone(),
+        site: gate.site.clone(),
+    }
 }
 
 fn check_person_id(person_id: &str) -> Result<(), Refusal> {
@@ -352,7 +419,9 @@ fn check_template(
     if template.modality == proto::Modality::Unspecified as i32
         || proto::Modality::try_from(template.modality).is_err()
     {
-        return Err(Refusal::malformed("template modality is missing or unknown"));
+        return Err(Refusal::malformed(
+            "template modality is missing or unknown",
+        ));
     }
     let gallery = gallery.read().unwrap_or_else(|p| p.into_inner());
     let shard = gallery.check_template(&template.model_id, &template.values)?;
@@ -365,7 +434,11 @@ fn apply_to_gallery(gallery: &RwLock<Gallery>, done: &[(Change, Receipt)]) {
     let mut gallery = gallery.write().unwrap_or_else(|p| p.into_inner());
     for (change, _) in done {
         match change {
-            Change::Enrol { person_id, templates, .. } => {
+            Change::Enrol {
+                person_id,
+                templates,
+                ..
+            } => {
                 for t in templates {
                     if let Err(e) = gallery.add(person_id, &t.model_id, &t.values) {
                         // Templates were checked before they were committed; a model cannot
@@ -385,7 +458,10 @@ fn apply_to_gallery(gallery: &RwLock<Gallery>, done: &[(Change, Receipt)]) {
 }
 
 /// Fills the gallery from the registry at start-up.
-fn load_gallery(gallery: &RwLock<Gallery>, reader: &rusqlite::Connection) -> Result<(), RegistryError> {
+fn load_gallery(
+    gallery: &RwLock<Gallery>,
+    reader: &rusqlite::Connection,
+) -> Result<(), RegistryError> {
     let started = Instant::now();
     let mut gallery = gallery.write().unwrap_or_else(|p| p.into_inner());
     let mut skipped = 0usize;
@@ -395,7 +471,10 @@ fn load_gallery(gallery: &RwLock<Gallery>, reader: &rusqlite::Connection) -> Res
         }
     })?;
     if skipped > 0 {
-        tracing::warn!(skipped, "registry holds templates of models this configuration does not serve");
+        tracing::warn!(
+            skipped,
+            "registry holds templates of models this configuration does not serve"
+        );
     }
     for shard in gallery.shards() {
         metrics::gallery_templates(&shard.spec().id, shard.live_count());

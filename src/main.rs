@@ -16,7 +16,11 @@ use gatematch::gate::travellers::Population;
 use gatematch::pki;
 
 #[derive(Parser)]
-#[command(name = "gatematch", version, about = "Match server for automated border-control gates")]
+#[command(
+    name = "gatematch",
+    version,
+    about = "Match server for automated border-control gates"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -211,7 +215,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The appliance logs its lifecycle at info; the tools that print a report keep quiet
     // unless RUST_LOG asks for more.
-    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -219,13 +227,21 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(cli.command))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config, listen, registry, metrics, threads } => {
+        Command::Serve {
+            config,
+            listen,
+            registry,
+            metrics,
+            threads,
+        } => {
             let mut cfg = Config::load(&config)?;
             if let Some(listen) = listen {
                 cfg.server.listen = listen;
@@ -242,10 +258,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             app::serve(cfg).await.context("serving")?;
         }
-        Command::Certs { out, gates, site, names } => {
+        Command::Certs {
+            out,
+            gates,
+            site,
+            names,
+        } => {
             pki::write_development_pki(&out, gates, &site, &names)
                 .with_context(|| format!("making certificates in {}", out.display()))?;
-            println!("wrote a development PKI with {gates} gate certificates to {}", out.display());
+            println!(
+                "wrote a development PKI with {gates} gate certificates to {}",
+                out.display()
+            );
         }
         Command::Gate {
             server,
@@ -278,7 +302,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 rate_per_s: rate,
                 duration: Duration::from_secs_f64(duration),
                 mix,
-                population: Population { seed: population_seed, dimension: dim },
+                population: Population {
+                    seed: population_seed,
+                    dimension: dim,
+                },
                 enrolled,
                 first_new: enrolled + seed * 1_000_000_000,
                 impostor_share: impostors,
@@ -288,10 +315,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 seed,
                 progress: true,
             };
-            let report = simulate::run(sim).await.context("running simulated gates")?;
+            let report = simulate::run(sim)
+                .await
+                .context("running simulated gates")?;
             println!("{report}");
         }
-        Command::Bench { what: BenchCommand::Score { gallery, dim, batch, k, seconds, threads, backend } } => {
+        Command::Bench {
+            what:
+                BenchCommand::Score {
+                    gallery,
+                    dim,
+                    batch,
+                    k,
+                    seconds,
+                    threads,
+                    backend,
+                },
+        } => {
             if backend != "cpu" {
                 bail!("backend {backend:?} is not built into this binary; use --backend cpu");
             }
@@ -300,29 +340,67 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let engine = CpuEngine::new(threads);
             let threads = engine.threads();
-            let bench = ScoreBench { gallery, dimension: dim, batch, k, duration: Duration::from_secs_f64(seconds) };
-            let result = tokio::task::spawn_blocking(move || bench::score(&engine, threads, bench)).await?;
+            let bench = ScoreBench {
+                gallery,
+                dimension: dim,
+                batch,
+                k,
+                duration: Duration::from_secs_f64(seconds),
+            };
+            let result =
+                tokio::task::spawn_blocking(move || bench::score(&engine, threads, bench)).await?;
             println!("{result}");
         }
         Command::Gallery { what } => match what {
-            GalleryCommand::Export { file, registry, model } => {
+            GalleryCommand::Export {
+                file,
+                registry,
+                model,
+            } => {
                 let n = app::export(&registry, &model, &file)?;
-                println!("exported {n} templates of model {model} to {}", file.display());
+                println!(
+                    "exported {n} templates of model {model} to {}",
+                    file.display()
+                );
             }
             GalleryCommand::Import { file, registry } => {
                 let n = app::import(&registry, &file)?;
-                println!("imported {n} templates from {} into {}", file.display(), registry.display());
+                println!(
+                    "imported {n} templates from {} into {}",
+                    file.display(),
+                    registry.display()
+                );
             }
-            GalleryCommand::Synth { file, persons, dim, seed, model } => {
+            GalleryCommand::Synth {
+                file,
+                persons,
+                dim,
+                seed,
+                model,
+            } => {
                 app::synth(&file, persons, dim, seed, &model)?;
                 println!("wrote {persons} synthetic travellers to {}", file.display());
             }
         },
-        Command::Demo { dir, gates, travellers, rate, seconds, metrics } => {
+        Command::Demo {
+            dir,
+            gates,
+            travellers,
+            rate,
+            seconds,
+            metrics,
+        } => {
             if gates == 0 || rate <= 0.0 {
                 bail!("--gates and --rate must be positive");
             }
-            let options = DemoOptions { dir, gates, travellers, rate_per_s: rate, seconds, metrics: Some(metrics) };
+            let options = DemoOptions {
+                dir,
+                gates,
+                travellers,
+                rate_per_s: rate,
+                seconds,
+                metrics: Some(metrics),
+            };
             app::demo(options).await.context("running the demo")?;
         }
     }

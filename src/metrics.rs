@@ -9,7 +9,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 /// Requests answered, by `operation`, `outcome` and `reason` (counter).
@@ -44,7 +46,9 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Count buckets for batch and commit sizes.
-const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Installs the global recorder and, when `listen` is given, its HTTP `/metrics` listener.
 /// Must run inside a Tokio runtime.
@@ -68,22 +72,53 @@ pub fn install(listen: Option<SocketAddr>) -> Result<(), BuildError> {
 }
 
 fn describe() {
-    describe_counter!(REQUESTS, "Requests answered, by operation, outcome and reason");
-    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "Whole-request latency, by operation");
-    describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "Time a job waited in the queue");
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by operation, outcome and reason"
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Whole-request latency, by operation"
+    );
+    describe_histogram!(
+        QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a job waited in the queue"
+    );
     describe_histogram!(COMPUTE_SECONDS, Unit::Seconds, "Engine time for one batch");
     describe_histogram!(BATCH_SIZE, Unit::Count, "Jobs per engine batch");
-    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Jobs waiting in the batcher's queue");
-    describe_gauge!(GALLERY_TEMPLATES, Unit::Count, "Live templates in the gallery, by model");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Jobs waiting in the batcher's queue"
+    );
+    describe_gauge!(
+        GALLERY_TEMPLATES,
+        Unit::Count,
+        "Live templates in the gallery, by model"
+    );
     describe_gauge!(CONNECTED_GATES, Unit::Count, "Gates connected now");
     describe_counter!(HANDSHAKES_REFUSED, "Handshakes refused, by reason");
     describe_histogram!(COMMIT_SIZE, Unit::Count, "Records per registry transaction");
-    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Registry transaction time, fsync included");
-    describe_gauge!(BACKEND, "The engine backend in use (label backend), value 1");
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Registry transaction time, fsync included"
+    );
+    describe_gauge!(
+        BACKEND,
+        "The engine backend in use (label backend), value 1"
+    );
 }
 
 /// Counts one answered request.
-pub fn request(operation: &'static str, outcome: &'static str, reason: &'static str, took: Duration) {
+pub fn request(
+    operation: &'static str,
+    outcome: &'static str,
+    reason: &'static str,
+    took: Duration,
+) {
     counter!(REQUESTS, "operation" => operation, "outcome" => outcome, "reason" => reason)
         .increment(1);
     histogram!(REQUEST_SECONDS, "operation" => operation).record(took.as_secs_f64());

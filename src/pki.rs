@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// What can fail while making or reading certificates.
@@ -86,13 +86,17 @@ pub fn write_development_pki(
     let mut names = vec!["localhost".to_owned()];
     names.extend(extra_names.iter().cloned());
     for n in &names {
-        server_params.subject_alt_names.push(match n.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(n.as_str().try_into()?),
-        });
+        server_params
+            .subject_alt_names
+            .push(match n.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.as_str().try_into()?),
+            });
     }
     for ip in ["127.0.0.1", "::1"] {
-        server_params.subject_alt_names.push(SanType::IpAddress(ip.parse().expect("literal IP")));
+        server_params
+            .subject_alt_names
+            .push(SanType::IpAddress(ip.parse().expect("literal IP")));
     }
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = server_params.signed_by(&server_key, &issuer)?;
@@ -142,11 +146,20 @@ pub fn read_certificates(
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PkiError> {
     use rustls::pki_types::pem::PemObject;
     let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| PkiError::Pem { path: path.to_owned(), what: e.to_string() })?
+        .map_err(|e| PkiError::Pem {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PkiError::Pem { path: path.to_owned(), what: e.to_string() })?;
+        .map_err(|e| PkiError::Pem {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(PkiError::Pem { path: path.to_owned(), what: "no certificate found".into() });
+        return Err(PkiError::Pem {
+            path: path.to_owned(),
+            what: "no certificate found".into(),
+        });
     }
     Ok(certs)
 }
@@ -156,12 +169,17 @@ pub fn read_private_key(
     path: &Path,
 ) -> Result<rustls::pki_types::PrivateKeyDer<'static>, PkiError> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| PkiError::Pem { path: path.to_owned(), what: e.to_string() })
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path).map_err(|e| PkiError::Pem {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })
 }
 
 fn io(path: &Path, source: std::io::Error) -> PkiError {
-    PkiError::Io { path: path.to_owned(), source }
+    PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), PkiError> {
@@ -179,5 +197,6 @@ fn write_key(path: &Path, text: &str) -> Result<(), PkiError> {
         .mode(0o600)
         .open(path)
         .map_err(|source| io(path, source))?;
-    file.write_all(text.as_bytes()).map_err(|source| io(path, source))
+    file.write_all(text.as_bytes())
+        .map_err(|source| io(path, source))
 }

@@ -161,7 +161,11 @@ impl Registry {
         let connection = connect(path)?;
         let reader = connect(path)?;
         let (writer, queue) = mpsc::sync_channel(4 * MAX_GROUP);
-        let registry = Registry { path: path.to_owned(), writer, _lock: lock };
+        let registry = Registry {
+            path: path.to_owned(),
+            writer,
+            _lock: lock,
+        };
         let db_path = path.to_owned();
         thread::Builder::new()
             .name("gatematch-registry".into())
@@ -190,7 +194,9 @@ impl Registry {
     /// Makes `change` durable from a plain thread.
     pub fn apply_blocking(&self, change: Change) -> Result<Receipt, RegistryError> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send(Pending { change, reply }).map_err(|_| RegistryError::Stopped)?;
+        self.writer
+            .send(Pending { change, reply })
+            .map_err(|_| RegistryError::Stopped)?;
         answer.blocking_recv().map_err(|_| RegistryError::Stopped)?
     }
 }
@@ -203,13 +209,19 @@ pub fn lock(path: &Path) -> Result<File, RegistryError> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|source| RegistryError::LockFile { path: lock_path.clone(), source })?;
+        .map_err(|source| RegistryError::LockFile {
+            path: lock_path.clone(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(RegistryError::Held { path: path.to_owned() }),
-        Err(std::fs::TryLockError::Error(source)) => {
-            Err(RegistryError::LockFile { path: lock_path, source })
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(RegistryError::Held {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(RegistryError::LockFile {
+            path: lock_path,
+            source,
+        }),
     }
 }
 
@@ -221,7 +233,10 @@ fn lock_path(path: &Path) -> PathBuf {
 
 /// Opens a connection with the durability settings and the schema in place.
 pub fn connect(path: &Path) -> Result<Connection, RegistryError> {
-    let db = |source| RegistryError::Database { path: path.to_owned(), source };
+    let db = |source| RegistryError::Database {
+        path: path.to_owned(),
+        source,
+    };
     let connection = Connection::open(path).map_err(db)?;
     connection
         .execute_batch(
@@ -280,8 +295,11 @@ fn write_loop(
         match commit_group(&mut connection, &group) {
             Ok(receipts) => {
                 metrics::commit(group.len(), started.elapsed());
-                let done: Vec<(Change, Receipt)> =
-                    group.iter().map(|p| p.change.clone()).zip(receipts.iter().cloned()).collect();
+                let done: Vec<(Change, Receipt)> = group
+                    .iter()
+                    .map(|p| p.change.clone())
+                    .zip(receipts.iter().cloned())
+                    .collect();
                 if let Some(hook) = hook.as_mut() {
                     hook(&done);
                 }
@@ -292,8 +310,10 @@ fn write_loop(
             Err(source) => {
                 tracing::error!(path = %path.display(), error = %source, "registry commit failed");
                 for pending in group {
-                    let error =
-                        RegistryError::CommitFailed { path: path.clone(), detail: source.to_string() };
+                    let error = RegistryError::CommitFailed {
+                        path: path.clone(),
+                        detail: source.to_string(),
+                    };
                     let _ = pending.reply.send(Err(error));
                 }
             }
@@ -314,9 +334,17 @@ fn commit_group(connection: &mut Connection, group: &[Pending]) -> rusqlite::Res
 
 fn apply_change(tx: &Transaction<'_>, change: &Change, now: i64) -> rusqlite::Result<Receipt> {
     match change {
-        Change::Enrol { person_id, templates, origin } => {
+        Change::Enrol {
+            person_id,
+            templates,
+            origin,
+        } => {
             let existing: Option<i64> = tx
-                .query_row("SELECT id FROM persons WHERE person_id = ?1", [person_id], |r| r.get(0))
+                .query_row(
+                    "SELECT id FROM persons WHERE person_id = ?1",
+                    [person_id],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let (person, created) = match existing {
                 Some(id) => (id, false),
@@ -346,9 +374,15 @@ fn apply_change(tx: &Transaction<'_>, change: &Change, now: i64) -> rusqlite::Re
                     origin.site
                 ])?;
             }
-            let count: u32 =
-                tx.query_row("SELECT COUNT(*) FROM templates WHERE person = ?1", [person], |r| r.get(0))?;
-            Ok(Receipt::Enrolled { created, templates: count })
+            let count: u32 = tx.query_row(
+                "SELECT COUNT(*) FROM templates WHERE person = ?1",
+                [person],
+                |r| r.get(0),
+            )?;
+            Ok(Receipt::Enrolled {
+                created,
+                templates: count,
+            })
         }
         Change::Erase { person_id, origin } => {
             let removed: u32 = tx.query_row(
@@ -365,7 +399,9 @@ fn apply_change(tx: &Transaction<'_>, change: &Change, now: i64) -> rusqlite::Re
                     params![now, person_id, origin.gate_id, origin.site, removed],
                 )?;
             }
-            Ok(Receipt::Erased { templates: if persons > 0 { removed } else { 0 } })
+            Ok(Receipt::Erased {
+                templates: if persons > 0 { removed } else { 0 },
+            })
         }
     }
 }
@@ -390,7 +426,10 @@ pub fn for_each_template(
     mut each: impl FnMut(StoredTemplate),
 ) -> Result<usize, RegistryError> {
     let path = PathBuf::from(connection.path().unwrap_or_default());
-    let db = |source| RegistryError::Database { path: path.clone(), source };
+    let db = |source| RegistryError::Database {
+        path: path.clone(),
+        source,
+    };
     let mut statement = connection
         .prepare(
             "SELECT t.id, p.person_id, t.modality, t.model_id, t.dimension, t.data
@@ -438,11 +477,18 @@ fn decode(data: &[u8], dimension: i64) -> Option<Vec<f32>> {
     if dimension < 0 || data.len() != dimension as usize * 4 {
         return None;
     }
-    Some(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Some(
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Adds templates of one model to the registry at `path` in one transaction, offline: the
@@ -457,7 +503,10 @@ pub fn import<'a>(
 ) -> Result<usize, RegistryError> {
     let _lock = lock(path)?;
     let mut connection = connect(path)?;
-    let db = |source| RegistryError::Database { path: path.to_owned(), source };
+    let db = |source| RegistryError::Database {
+        path: path.to_owned(),
+        source,
+    };
     let tx = connection.transaction().map_err(db)?;
     let now = now_ms();
     let mut count = 0;
@@ -479,7 +528,9 @@ pub fn import<'a>(
             .map_err(db)?;
         for (person_id, values) in rows {
             let id: i64 = person
-                .query_row(params![person_id, now, origin.gate_id, origin.site], |r| r.get(0))
+                .query_row(params![person_id, now, origin.gate_id, origin.site], |r| {
+                    r.get(0)
+                })
                 .map_err(db)?;
             template
                 .execute(params![

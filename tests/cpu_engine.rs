@@ -15,11 +15,18 @@ const SCORE_TOLERANCE: f32 = 1e-5;
 /// A gallery of `rows` random templates, with every seventh person erased again so that the
 /// scan meets tombstones (and their slots are reused by later inserts).
 fn gallery(rows: usize, dimension: usize, measure: Measure, seed: u64) -> Gallery {
-    let spec = ModelSpec { id: "m".into(), dimension, measure, threshold: 0.0 };
+    let spec = ModelSpec {
+        id: "m".into(),
+        dimension,
+        measure,
+        threshold: 0.0,
+    };
     let mut g = Gallery::new(vec![spec]);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for i in 0..rows {
-        let v: Vec<f32> = (0..dimension).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let v: Vec<f32> = (0..dimension)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         g.add(&format!("p{i}"), "m", &v).unwrap();
         if i % 7 == 3 {
             g.remove_person(&format!("p{}", i - 2));
@@ -30,11 +37,25 @@ fn gallery(rows: usize, dimension: usize, measure: Measure, seed: u64) -> Galler
 
 fn probes(batch: usize, dimension: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..batch * dimension).map(|_| rng.random_range(-1.0..1.0)).collect()
+    (0..batch * dimension)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect()
 }
 
-fn check(engine: &CpuEngine, rows: usize, dimension: usize, batch: usize, k: usize, measure: Measure) {
-    let g = gallery(rows, dimension, measure, rows as u64 * 31 + dimension as u64);
+fn check(
+    engine: &CpuEngine,
+    rows: usize,
+    dimension: usize,
+    batch: usize,
+    k: usize,
+    measure: Measure,
+) {
+    let g = gallery(
+        rows,
+        dimension,
+        measure,
+        rows as u64 * 31 + dimension as u64,
+    );
     let shard = &g.shards()[0];
     let p = probes(batch, dimension, 17 + batch as u64);
     let found = engine.identify(shard, &p, k).unwrap();
@@ -42,12 +63,22 @@ fn check(engine: &CpuEngine, rows: usize, dimension: usize, batch: usize, k: usi
     for (i, got) in found.iter().enumerate() {
         let probe = &p[i * dimension..(i + 1) * dimension];
         let want = reference_identify(shard, probe, k);
-        let context = format!("rows={rows} dim={dimension} batch={batch} k={k} {measure} probe {i}");
+        let context =
+            format!("rows={rows} dim={dimension} batch={batch} k={k} {measure} probe {i}");
         assert_eq!(got.len(), want.len(), "{context}: candidate count");
-        assert_eq!(got.len(), k.min(shard.live_count()), "{context}: k or every live template");
+        assert_eq!(
+            got.len(),
+            k.min(shard.live_count()),
+            "{context}: k or every live template"
+        );
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.slot, w.slot, "{context}: ranking");
-            assert!((g.score - w.score).abs() <= SCORE_TOLERANCE, "{context}: {} vs {}", g.score, w.score);
+            assert!(
+                (g.score - w.score).abs() <= SCORE_TOLERANCE,
+                "{context}: {} vs {}",
+                g.score,
+                w.score
+            );
         }
     }
 }
@@ -118,8 +149,13 @@ fn verify_scores_equal_the_definition() {
     let g = gallery(50, 128, Measure::Euclidean, 4);
     let shard = &g.shards()[0];
     let p = probes(2, 128, 8);
-    let live: Vec<u32> = (0..shard.slot_count() as u32).filter(|&s| shard.is_live(s)).take(5).collect();
-    let scores = engine.verify(shard, &p, &[live.clone(), vec![live[0]]]).unwrap();
+    let live: Vec<u32> = (0..shard.slot_count() as u32)
+        .filter(|&s| shard.is_live(s))
+        .take(5)
+        .collect();
+    let scores = engine
+        .verify(shard, &p, &[live.clone(), vec![live[0]]])
+        .unwrap();
     for (j, &slot) in live.iter().enumerate() {
         let want = Measure::Euclidean.score(&p[..128], shard.row(slot));
         assert_eq!(scores[0][j], want);
@@ -128,7 +164,10 @@ fn verify_scores_equal_the_definition() {
     // An identical template is at distance 0 exactly, which the dot-product form
     // |p|² + |g|² − 2p·g would miss by rounding.
     let same = shard.row(live[0]).to_vec();
-    assert_eq!(engine.verify(shard, &same, &[vec![live[0]]]).unwrap()[0][0], 0.0);
+    assert_eq!(
+        engine.verify(shard, &same, &[vec![live[0]]]).unwrap()[0][0],
+        0.0
+    );
 }
 
 #[test]

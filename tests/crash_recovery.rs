@@ -18,7 +18,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn write_config(site: &Site, path: &Path) {
@@ -48,8 +52,11 @@ fn spawn_appliance(config: &Path, addr: SocketAddr) -> Child {
 
 async fn connect_when_ready(site: &Site, n: usize, addr: SocketAddr) -> GateClient {
     let stem = site.certs().join("gates").join(pki::gate_name(n));
-    let (ca, cert, key) =
-        (site.certs().join("ca.pem"), stem.with_extension("pem"), stem.with_extension("key"));
+    let (ca, cert, key) = (
+        site.certs().join("ca.pem"),
+        stem.with_extension("pem"),
+        stem.with_extension("key"),
+    );
     let started = Instant::now();
     loop {
         let attempt = GateClient::connect(addr, "localhost", &ca, &cert, &key);
@@ -78,10 +85,17 @@ async fn assert_all_enrolled(checker: GateClient, persons: &[u64], round: u64) {
         }
         while let Some(done) = set.join_next().await {
             let (person, v) = done.unwrap();
-            assert_eq!(v.decision, proto::Decision::Match as i32, "round {round}: person {person} lost");
+            assert_eq!(
+                v.decision,
+                proto::Decision::Match as i32,
+                "round {round}: person {person} lost"
+            );
         }
     }
-    eprintln!("round {round}: all {} acknowledged enrolments found", persons.len());
+    eprintln!(
+        "round {round}: all {} acknowledged enrolments found",
+        persons.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +144,10 @@ async fn no_acknowledged_enrolment_is_lost_to_kill_9() {
         for g in gates {
             acknowledged.extend(g.await.unwrap());
         }
-        assert!(acknowledged.len() > before, "round {round}: some enrolments were acknowledged");
+        assert!(
+            acknowledged.len() > before,
+            "round {round}: some enrolments were acknowledged"
+        );
     }
 
     let mut child = spawn_appliance(&config, addr);

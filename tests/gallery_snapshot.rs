@@ -10,7 +10,10 @@ use gatematch::gallery::snapshot;
 use gatematch::registry::{Change, NewTemplate, Origin, Registry};
 
 fn gatematch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gatematch")).args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_gatematch"))
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 #[test]
@@ -25,22 +28,59 @@ fn export_import_export_is_bit_exact() {
             registry
                 .apply_blocking(Change::Enrol {
                     person_id: POPULATION.person_id(person),
-                    templates: vec![NewTemplate { modality: 1, model_id: "synthetic-128".into(), values }],
-                    origin: Origin { gate_id: "gate-0001".into(), site: "s".into() },
+                    templates: vec![NewTemplate {
+                        modality: 1,
+                        model_id: "synthetic-128".into(),
+                        values,
+                    }],
+                    origin: Origin {
+                        gate_id: "gate-0001".into(),
+                        site: "s".into(),
+                    },
                 })
                 .unwrap();
         }
     }
     let a = dir.path().join("a.h5");
-    let out = gatematch(&["gallery", "export", a.to_str().unwrap(), "--registry", first.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gatematch(&[
+        "gallery",
+        "export",
+        a.to_str().unwrap(),
+        "--registry",
+        first.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let second = dir.path().join("second.db");
-    let out = gatematch(&["gallery", "import", a.to_str().unwrap(), "--registry", second.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gatematch(&[
+        "gallery",
+        "import",
+        a.to_str().unwrap(),
+        "--registry",
+        second.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b = dir.path().join("b.h5");
-    let out = gatematch(&["gallery", "export", b.to_str().unwrap(), "--registry", second.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gatematch(&[
+        "gallery",
+        "export",
+        b.to_str().unwrap(),
+        "--registry",
+        second.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let (a, b) = (snapshot::read(&a).unwrap(), snapshot::read(&b).unwrap());
     assert_eq!(a.len(), 50);
@@ -51,7 +91,10 @@ fn export_import_export_is_bit_exact() {
     let mut person_0 = POPULATION.template(0);
     person_0[0] = f32::from_bits(person_0[0].to_bits() ^ 1);
     assert_eq!(a.person_ids[0], POPULATION.person_id(0));
-    assert_eq!(bits(&a)[..128], person_0.iter().map(|v| v.to_bits()).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        bits(&a)[..128],
+        person_0.iter().map(|v| v.to_bits()).collect::<Vec<_>>()[..]
+    );
 }
 
 #[test]
@@ -59,16 +102,45 @@ fn import_refuses_while_an_appliance_holds_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("held.db");
     let file = dir.path().join("synth.h5");
-    let out = gatematch(&["gallery", "synth", file.to_str().unwrap(), "--persons", "10"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gatematch(&[
+        "gallery",
+        "synth",
+        file.to_str().unwrap(),
+        "--persons",
+        "10",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let (held, _) = Registry::open(&db, None).unwrap();
-    let out = gatematch(&["gallery", "import", file.to_str().unwrap(), "--registry", db.to_str().unwrap()]);
-    assert!(!out.status.success(), "import must refuse while the registry is held");
+    let out = gatematch(&[
+        "gallery",
+        "import",
+        file.to_str().unwrap(),
+        "--registry",
+        db.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "import must refuse while the registry is held"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("held by another process"));
     drop(held);
 
-    let out = gatematch(&["gallery", "import", file.to_str().unwrap(), "--registry", db.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gatematch(&[
+        "gallery",
+        "import",
+        file.to_str().unwrap(),
+        "--registry",
+        db.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 10 templates"));
 }

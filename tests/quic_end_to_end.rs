@@ -46,9 +46,15 @@ async fn a_gate_certificate_from_another_ca_is_refused() {
         Ok(gate) => gate.call(&enrol(1)).await.is_err(),
         Err(_) => true,
     };
-    assert!(refused, "a certificate from a foreign CA must not be served");
+    assert!(
+        refused,
+        "a certificate from a foreign CA must not be served"
+    );
     let persons = appliance.appliance.gallery().read().unwrap().person_count();
-    assert_eq!(persons, 0, "nothing from the refused peer reached the registry");
+    assert_eq!(
+        persons, 0,
+        "nothing from the refused peer reached the registry"
+    );
     appliance.stop().await;
 }
 
@@ -61,18 +67,51 @@ async fn enrol_verify_identify_erase() {
 
     for person in 0..20 {
         let response = gate.call(&enrol(person)).await.unwrap();
-        assert_eq!(response.outcome, proto::Outcome::Ok as i32, "{}", response.detail);
-        assert!(matches!(response.result, Some(Answer::Enrol(proto::EnrolResult { created: true, templates: 1 }))));
+        assert_eq!(
+            response.outcome,
+            proto::Outcome::Ok as i32,
+            "{}",
+            response.detail
+        );
+        assert!(matches!(
+            response.result,
+            Some(Answer::Enrol(proto::EnrolResult {
+                created: true,
+                templates: 1
+            }))
+        ));
     }
 
-    let genuine = verify_result(gate.call(&verify(3, POPULATION.probe(3, &mut rng))).await.unwrap());
-    assert_eq!(genuine.decision, proto::Decision::Match as i32, "score {}", genuine.score);
+    let genuine = verify_result(
+        gate.call(&verify(3, POPULATION.probe(3, &mut rng)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        genuine.decision,
+        proto::Decision::Match as i32,
+        "score {}",
+        genuine.score
+    );
     assert_eq!(genuine.measure, proto::Measure::Cosine as i32);
 
-    let impostor = verify_result(gate.call(&verify(3, POPULATION.probe(4, &mut rng))).await.unwrap());
-    assert_eq!(impostor.decision, proto::Decision::NoMatch as i32, "score {}", impostor.score);
+    let impostor = verify_result(
+        gate.call(&verify(3, POPULATION.probe(4, &mut rng)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        impostor.decision,
+        proto::Decision::NoMatch as i32,
+        "score {}",
+        impostor.score
+    );
 
-    let found = identify_result(gate.call(&identify(POPULATION.probe(11, &mut rng), 3)).await.unwrap());
+    let found = identify_result(
+        gate.call(&identify(POPULATION.probe(11, &mut rng), 3))
+            .await
+            .unwrap(),
+    );
     assert_eq!(found.candidates.len(), 3);
     assert_eq!(found.candidates[0].person_id, POPULATION.person_id(11));
     assert!(found.candidates[0].score > found.candidates[1].score);
@@ -80,19 +119,51 @@ async fn enrol_verify_identify_erase() {
     // A second gate sees the first gate's enrolments at once.
     let other_gate = site.gate(2, appliance.addr).await;
     let erased = other_gate.call(&erase(11)).await.unwrap();
-    assert!(matches!(erased.result, Some(Answer::Erase(proto::EraseResult { templates_removed: 1 }))));
+    assert!(matches!(
+        erased.result,
+        Some(Answer::Erase(proto::EraseResult {
+            templates_removed: 1
+        }))
+    ));
 
-    let after = gate.call(&verify(11, POPULATION.probe(11, &mut rng))).await.unwrap();
+    let after = gate
+        .call(&verify(11, POPULATION.probe(11, &mut rng)))
+        .await
+        .unwrap();
     assert_eq!(refusal(&after), Reason::UnknownPerson);
-    let found = identify_result(gate.call(&identify(POPULATION.probe(11, &mut rng), 20)).await.unwrap());
-    assert_eq!(found.candidates.len(), 19, "the erased person is gone from 1:N too");
-    assert!(found.candidates.iter().all(|c| c.person_id != POPULATION.person_id(11)));
-    assert_eq!(refusal(&gate.call(&erase(11)).await.unwrap()), Reason::UnknownPerson);
+    let found = identify_result(
+        gate.call(&identify(POPULATION.probe(11, &mut rng), 20))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        found.candidates.len(),
+        19,
+        "the erased person is gone from 1:N too"
+    );
+    assert!(
+        found
+            .candidates
+            .iter()
+            .all(|c| c.person_id != POPULATION.person_id(11))
+    );
+    assert_eq!(
+        refusal(&gate.call(&erase(11)).await.unwrap()),
+        Reason::UnknownPerson
+    );
 
-    let status = gate.call(&request(Operation::Status(proto::StatusRequest {}))).await.unwrap();
-    let Some(Answer::Status(status)) = status.result else { panic!("status") };
+    let status = gate
+        .call(&request(Operation::Status(proto::StatusRequest {})))
+        .await
+        .unwrap();
+    let Some(Answer::Status(status)) = status.result else {
+        panic!("status")
+    };
     assert_eq!(status.persons, 19);
-    assert_eq!(status.gate_id, "gate-0001", "the gate id comes from the certificate");
+    assert_eq!(
+        status.gate_id, "gate-0001",
+        "the gate id comes from the certificate"
+    );
     assert_eq!(status.site, "test-site");
     gate.close().await;
     other_gate.close().await;
@@ -131,8 +202,16 @@ async fn every_acknowledged_enrolment_survives_a_restart() {
     let gate = site.gate(1, appliance.addr).await;
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     for person in acknowledged {
-        let v = verify_result(gate.call(&verify(person, POPULATION.probe(person, &mut rng))).await.unwrap());
-        assert_eq!(v.decision, proto::Decision::Match as i32, "person {person} after restart");
+        let v = verify_result(
+            gate.call(&verify(person, POPULATION.probe(person, &mut rng)))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            v.decision,
+            proto::Decision::Match as i32,
+            "person {person} after restart"
+        );
     }
     gate.close().await;
     appliance.stop().await;
@@ -150,7 +229,10 @@ async fn bad_input_gets_a_typed_refusal_and_other_gates_keep_being_served() {
     gate.call(&enrol(1)).await.unwrap();
 
     // Not a protobuf message.
-    let garbage = gate.call_raw(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]).await.unwrap();
+    let garbage = gate
+        .call_raw(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x01])
+        .await
+        .unwrap();
     assert_eq!(refusal(&garbage), Reason::Malformed);
     // No operation.
     let empty = gate.call(&proto::Request::default()).await.unwrap();
@@ -159,20 +241,48 @@ async fn bad_input_gets_a_typed_refusal_and_other_gates_keep_being_served() {
     let huge = gate.call(&verify(1, vec![0.5; 2000])).await.unwrap();
     assert_eq!(refusal(&huge), Reason::TooLarge);
     // A template of the wrong length, and one with NaN.
-    assert_eq!(refusal(&gate.call(&verify(1, vec![0.5; 127])).await.unwrap()), Reason::WrongDimension);
+    assert_eq!(
+        refusal(&gate.call(&verify(1, vec![0.5; 127])).await.unwrap()),
+        Reason::WrongDimension
+    );
     let mut nan = POPULATION.template(1);
     nan[5] = f32::NAN;
-    assert_eq!(refusal(&gate.call(&verify(1, nan)).await.unwrap()), Reason::WrongDimension);
+    assert_eq!(
+        refusal(&gate.call(&verify(1, nan)).await.unwrap()),
+        Reason::WrongDimension
+    );
     // A model the appliance does not serve.
     let mut other_model = template(POPULATION.template(1));
     other_model.model_id = "finger-v9".into();
-    let wrong_model = request(Operation::Identify(proto::IdentifyRequest { probe: Some(other_model), k: 1 }));
-    assert_eq!(refusal(&gate.call(&wrong_model).await.unwrap()), Reason::WrongModel);
+    let wrong_model = request(Operation::Identify(proto::IdentifyRequest {
+        probe: Some(other_model),
+        k: 1,
+    }));
+    assert_eq!(
+        refusal(&gate.call(&wrong_model).await.unwrap()),
+        Reason::WrongModel
+    );
     // Somebody never enrolled; an empty person id; k over the limit.
-    assert_eq!(refusal(&gate.call(&verify(5, POPULATION.template(5))).await.unwrap()), Reason::UnknownPerson);
-    let nobody = request(Operation::Erase(proto::EraseRequest { person_id: String::new() }));
-    assert_eq!(refusal(&gate.call(&nobody).await.unwrap()), Reason::Malformed);
-    assert_eq!(refusal(&gate.call(&identify(POPULATION.template(1), 1000)).await.unwrap()), Reason::Malformed);
+    assert_eq!(
+        refusal(&gate.call(&verify(5, POPULATION.template(5))).await.unwrap()),
+        Reason::UnknownPerson
+    );
+    let nobody = request(Operation::Erase(proto::EraseRequest {
+        person_id: String::new(),
+    }));
+    assert_eq!(
+        refusal(&gate.call(&nobody).await.unwrap()),
+        Reason::Malformed
+    );
+    assert_eq!(
+        refusal(
+            &gate
+                .call(&identify(POPULATION.template(1), 1000))
+                .await
+                .unwrap()
+        ),
+        Reason::Malformed
+    );
 
     // A stream reset halfway through the request.
     let (mut send, _recv) = gate.connection().open_bi().await.unwrap();
@@ -192,7 +302,11 @@ async fn bad_input_gets_a_typed_refusal_and_other_gates_keep_being_served() {
     // Through all of that, both gates are still served normally.
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for g in [&gate, &good_gate] {
-        let v = verify_result(g.call(&verify(1, POPULATION.probe(1, &mut rng))).await.unwrap());
+        let v = verify_result(
+            g.call(&verify(1, POPULATION.probe(1, &mut rng)))
+                .await
+                .unwrap(),
+        );
         assert_eq!(v.decision, proto::Decision::Match as i32);
     }
     gate.close().await;
@@ -215,8 +329,13 @@ async fn a_gate_that_connects_and_sends_nothing_is_closed_after_the_idle_timeout
     )
     .unwrap();
     client_config.transport_config(std::sync::Arc::new(quinn::TransportConfig::default()));
-    let gate = GateClient::connect_with(appliance.addr, "localhost", client_config).await.unwrap();
+    let gate = GateClient::connect_with(appliance.addr, "localhost", client_config)
+        .await
+        .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(5), gate.connection().closed()).await;
-    assert!(closed.is_ok(), "an idle connection is closed within the bound");
+    assert!(
+        closed.is_ok(),
+        "an idle connection is closed within the bound"
+    );
     appliance.stop().await;
 }

@@ -117,15 +117,28 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the worker thread over `gallery` with `backend`.
-    pub fn start(config: BatchConfig, gallery: Arc<RwLock<Gallery>>, backend: Arc<dyn Backend>) -> Self {
+    pub fn start(
+        config: BatchConfig,
+        gallery: Arc<RwLock<Gallery>>,
+        backend: Arc<dyn Backend>,
+    ) -> Self {
         let (queue, incoming) = mpsc::sync_channel(config.queue_capacity);
         let depth = Arc::new(AtomicUsize::new(0));
-        let worker = Worker { config: config.clone(), gallery, backend, depth: Arc::clone(&depth) };
+        let worker = Worker {
+            config: config.clone(),
+            gallery,
+            backend,
+            depth: Arc::clone(&depth),
+        };
         thread::Builder::new()
             .name("gatematch-batcher".into())
             .spawn(move || worker.run(incoming))
             .expect("spawning the batcher thread at start-up");
-        Batcher { queue, depth, capacity: config.queue_capacity }
+        Batcher {
+            queue,
+            depth,
+            capacity: config.queue_capacity,
+        }
     }
 
     /// Requests waiting now.
@@ -140,7 +153,12 @@ impl Batcher {
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Result<JobOutput, BatchError>>, BatchError> {
         let (reply, answer) = oneshot::channel();
-        let work = Work { job, enqueued: Instant::now(), deadline, reply };
+        let work = Work {
+            job,
+            enqueued: Instant::now(),
+            deadline,
+            reply,
+        };
         self.depth.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(work) {
             Ok(()) => {
@@ -150,7 +168,9 @@ impl Batcher {
             Err(e) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {
-                    TrySendError::Full(_) => BatchError::Busy { capacity: self.capacity },
+                    TrySendError::Full(_) => BatchError::Busy {
+                        capacity: self.capacity,
+                    },
                     TrySendError::Disconnected(_) => BatchError::Stopped,
                 })
             }
@@ -201,7 +221,9 @@ impl Worker {
             metrics::queue_wait(started - work.enqueued);
             if started > work.deadline {
                 let waited_ms = (started - work.enqueued).as_millis() as u64;
-                let _ = work.reply.send(Err(BatchError::DeadlineExceeded { waited_ms }));
+                let _ = work
+                    .reply
+                    .send(Err(BatchError::DeadlineExceeded { waited_ms }));
             } else {
                 live.push(work);
             }
@@ -210,7 +232,10 @@ impl Worker {
             return;
         }
         metrics::batch_size(live.len());
-        let gallery = self.gallery.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let gallery = self
+            .gallery
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         live.sort_by_key(|w| (w.job.shard(), matches!(w.job, Job::Verify { .. })));
         let mut rest = live.as_mut_slice();
         while !rest.is_empty() {
@@ -218,7 +243,9 @@ impl Worker {
             let verify = matches!(rest[0].job, Job::Verify { .. });
             let same = rest
                 .iter()
-                .take_while(|w| w.job.shard() == shard && matches!(w.job, Job::Verify { .. }) == verify)
+                .take_while(|w| {
+                    w.job.shard() == shard && matches!(w.job, Job::Verify { .. }) == verify
+                })
                 .count();
             let (group, tail) = rest.split_at_mut(same);
             let outputs = if verify {
@@ -248,7 +275,12 @@ fn verify_group(
     let mut slots = Vec::new();
     let mut asked = Vec::new();
     for work in group {
-        let Job::Verify { probe, person_id, .. } = &work.job else { continue };
+        let Job::Verify {
+            probe, person_id, ..
+        } = &work.job
+        else {
+            continue;
+        };
         let owned: Vec<u32> = gallery
             .person_index(person_id)
             .map(|p| gallery.templates_of(p))
@@ -279,7 +311,9 @@ fn verify_group(
                 .next()
                 .unwrap_or_default()
                 .into_iter()
-                .fold(measure.worst(), |best, s| if measure.is_better(s, best) { s } else { best });
+                .fold(measure.worst(), |best, s| {
+                    if measure.is_better(s, best) { s } else { best }
+                });
             Ok(JobOutput::Verify(best))
         })
         .collect()
@@ -329,7 +363,10 @@ fn identify_group(
         pending = still;
         slots_asked = slots_asked.saturating_mul(4);
     }
-    results.into_iter().map(|r| Ok(JobOutput::Identify(r.unwrap_or_default()))).collect()
+    results
+        .into_iter()
+        .map(|r| Ok(JobOutput::Identify(r.unwrap_or_default())))
+        .collect()
 }
 
 /// The first `k` distinct persons among candidates of one shard, ranked best first.
@@ -345,7 +382,9 @@ fn distinct_persons(
         if persons.len() == k {
             break;
         }
-        let Some(owner) = shard.owner(c.slot) else { continue };
+        let Some(owner) = shard.owner(c.slot) else {
+            continue;
+        };
         if seen.contains(&owner) {
             continue;
         }
@@ -372,7 +411,12 @@ mod tests {
     use crate::gallery::ModelSpec;
 
     fn gallery() -> Arc<RwLock<Gallery>> {
-        let spec = ModelSpec { id: "m".into(), dimension: 2, measure: Measure::Cosine, threshold: 0.5 };
+        let spec = ModelSpec {
+            id: "m".into(),
+            dimension: 2,
+            measure: Measure::Cosine,
+            threshold: 0.5,
+        };
         let mut g = Gallery::new(vec![spec]);
         // Alice holds three templates near (1, 0); Bob one at (0.9, 0.1); Carol one far away.
         for v in [[1.0, 0.0], [0.99, 0.01], [0.98, 0.02]] {
@@ -384,7 +428,11 @@ mod tests {
     }
 
     fn config(queue_capacity: usize) -> BatchConfig {
-        BatchConfig { max_batch: 8, max_wait: Duration::from_micros(100), queue_capacity }
+        BatchConfig {
+            max_batch: 8,
+            max_wait: Duration::from_micros(100),
+            queue_capacity,
+        }
     }
 
     fn soon() -> Instant {
@@ -394,28 +442,59 @@ mod tests {
     #[tokio::test]
     async fn identify_returns_distinct_persons_best_first() {
         let batcher = Batcher::start(config(16), gallery(), Arc::new(CpuEngine::new(1)));
-        let job = Job::Identify { shard: 0, probe: vec![1.0, 0.0], k: 3 };
-        let JobOutput::Identify(persons) = batcher.run(job, soon()).await.unwrap() else { panic!() };
+        let job = Job::Identify {
+            shard: 0,
+            probe: vec![1.0, 0.0],
+            k: 3,
+        };
+        let JobOutput::Identify(persons) = batcher.run(job, soon()).await.unwrap() else {
+            panic!()
+        };
         let names: Vec<&str> = persons.iter().map(|(p, _)| p.as_ref()).collect();
-        assert_eq!(names, ["alice", "bob", "carol"], "alice's three templates count once");
+        assert_eq!(
+            names,
+            ["alice", "bob", "carol"],
+            "alice's three templates count once"
+        );
         assert!((persons[0].1 - 1.0).abs() < 1e-6);
     }
 
     #[tokio::test]
     async fn verify_takes_the_best_of_the_persons_templates() {
         let batcher = Batcher::start(config(16), gallery(), Arc::new(CpuEngine::new(1)));
-        let job = Job::Verify { shard: 0, probe: vec![0.98, 0.02], person_id: "alice".into() };
-        assert_eq!(batcher.run(job, soon()).await.unwrap(), JobOutput::Verify(1.0));
-        let job = Job::Verify { shard: 0, probe: vec![1.0, 0.0], person_id: "nobody".into() };
-        assert_eq!(batcher.run(job, soon()).await, Err(BatchError::UnknownPerson));
+        let job = Job::Verify {
+            shard: 0,
+            probe: vec![0.98, 0.02],
+            person_id: "alice".into(),
+        };
+        assert_eq!(
+            batcher.run(job, soon()).await.unwrap(),
+            JobOutput::Verify(1.0)
+        );
+        let job = Job::Verify {
+            shard: 0,
+            probe: vec![1.0, 0.0],
+            person_id: "nobody".into(),
+        };
+        assert_eq!(
+            batcher.run(job, soon()).await,
+            Err(BatchError::UnknownPerson)
+        );
     }
 
     #[tokio::test]
     async fn a_job_past_its_deadline_is_not_computed() {
         let batcher = Batcher::start(config(16), gallery(), Arc::new(CpuEngine::new(1)));
-        let job = Job::Identify { shard: 0, probe: vec![1.0, 0.0], k: 1 };
+        let job = Job::Identify {
+            shard: 0,
+            probe: vec![1.0, 0.0],
+            k: 1,
+        };
         let expired = Instant::now() - Duration::from_millis(1);
-        assert!(matches!(batcher.run(job, expired).await, Err(BatchError::DeadlineExceeded { .. })));
+        assert!(matches!(
+            batcher.run(job, expired).await,
+            Err(BatchError::DeadlineExceeded { .. })
+        ));
     }
 
     /// Holds every batch until the test lets it go, so the queue can be filled.
@@ -429,12 +508,22 @@ mod tests {
         fn name(&self) -> &'static str {
             "gated"
         }
-        fn identify(&self, s: &Shard, p: &[f32], k: usize) -> Result<Vec<Vec<Candidate>>, EngineError> {
+        fn identify(
+            &self,
+            s: &Shard,
+            p: &[f32],
+            k: usize,
+        ) -> Result<Vec<Vec<Candidate>>, EngineError> {
             self.entered.wait();
             self.release.wait();
             self.inner.identify(s, p, k)
         }
-        fn verify(&self, s: &Shard, p: &[f32], slots: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        fn verify(
+            &self,
+            s: &Shard,
+            p: &[f32],
+            slots: &[Vec<u32>],
+        ) -> Result<Vec<Vec<f32>>, EngineError> {
             self.inner.verify(s, p, slots)
         }
     }
@@ -443,9 +532,17 @@ mod tests {
     async fn a_full_queue_answers_busy_at_once() {
         let entered = Arc::new(Barrier::new(2));
         let release = Arc::new(Barrier::new(2));
-        let backend = Gated { inner: CpuEngine::new(1), entered: Arc::clone(&entered), release: Arc::clone(&release) };
+        let backend = Gated {
+            inner: CpuEngine::new(1),
+            entered: Arc::clone(&entered),
+            release: Arc::clone(&release),
+        };
         let batcher = Batcher::start(config(2), gallery(), Arc::new(backend));
-        let job = || Job::Identify { shard: 0, probe: vec![1.0, 0.0], k: 1 };
+        let job = || Job::Identify {
+            shard: 0,
+            probe: vec![1.0, 0.0],
+            k: 1,
+        };
         let first = batcher.submit(job(), soon()).unwrap();
         tokio::task::spawn_blocking({
             let entered = Arc::clone(&entered);
@@ -454,8 +551,14 @@ mod tests {
         .await
         .unwrap();
         // The worker is inside the first batch; two more fill the queue, the next is refused.
-        let queued = [batcher.submit(job(), soon()).unwrap(), batcher.submit(job(), soon()).unwrap()];
-        assert_eq!(batcher.submit(job(), soon()).unwrap_err(), BatchError::Busy { capacity: 2 });
+        let queued = [
+            batcher.submit(job(), soon()).unwrap(),
+            batcher.submit(job(), soon()).unwrap(),
+        ];
+        assert_eq!(
+            batcher.submit(job(), soon()).unwrap_err(),
+            BatchError::Busy { capacity: 2 }
+        );
         assert_eq!(batcher.queue_depth(), 2);
         let release_all = tokio::task::spawn_blocking(move || {
             release.wait();
@@ -464,7 +567,10 @@ mod tests {
         });
         assert!(first.await.unwrap().is_ok());
         for answer in queued {
-            assert!(answer.await.unwrap().is_ok(), "queued work is answered, not dropped");
+            assert!(
+                answer.await.unwrap().is_ok(),
+                "queued work is answered, not dropped"
+            );
         }
         release_all.await.unwrap();
     }

@@ -69,7 +69,12 @@ impl CpuEngine {
         if chunks <= 1 {
             return (0..chunks).map(scan_chunk).fold(empty(), fold);
         }
-        self.pool.install(|| (0..chunks).into_par_iter().map(scan_chunk).reduce(empty, fold))
+        self.pool.install(|| {
+            (0..chunks)
+                .into_par_iter()
+                .map(scan_chunk)
+                .reduce(empty, fold)
+        })
     }
 }
 
@@ -98,7 +103,10 @@ fn rescore(shard: &Shard, probe: &[f32], top: &TopK, k: usize) -> Vec<Candidate>
     let mut candidates: Vec<Candidate> = top
         .entries()
         .iter()
-        .map(|&(_, slot)| Candidate { slot, score: measure.score(probe, shard.row(slot)) })
+        .map(|&(_, slot)| Candidate {
+            slot,
+            score: measure.score(probe, shard.row(slot)),
+        })
         .collect();
     candidates.sort_by(|a, b| measure.rank(a, b));
     candidates.truncate(k);
@@ -121,7 +129,9 @@ impl Backend for CpuEngine {
         if batch == 0 || k == 0 {
             return Ok(vec![Vec::new(); batch]);
         }
-        let keep = k.saturating_add(RESCORE_MARGIN).min(shard.live_count().max(1));
+        let keep = k
+            .saturating_add(RESCORE_MARGIN)
+            .min(shard.live_count().max(1));
         let tops = self.scan(shard, probes, batch, keep);
         Ok(tops
             .iter()
@@ -145,7 +155,10 @@ impl Backend for CpuEngine {
             .enumerate()
             .map(|(p, wanted)| {
                 let probe = &probes[p * dim..(p + 1) * dim];
-                wanted.iter().map(|&slot| measure.score(probe, shard.row(slot))).collect()
+                wanted
+                    .iter()
+                    .map(|&slot| measure.score(probe, shard.row(slot)))
+                    .collect()
             })
             .collect())
     }
@@ -157,7 +170,10 @@ pub fn reference_identify(shard: &Shard, probe: &[f32], k: usize) -> Vec<Candida
     let measure = shard.measure();
     let mut all: Vec<Candidate> = (0..shard.slot_count() as u32)
         .filter(|&slot| shard.is_live(slot))
-        .map(|slot| Candidate { slot, score: measure.score(probe, shard.row(slot)) })
+        .map(|slot| Candidate {
+            slot,
+            score: measure.score(probe, shard.row(slot)),
+        })
         .collect();
     all.sort_by(|a, b| measure.rank(a, b));
     all.truncate(k);

@@ -88,7 +88,11 @@ impl Measure {
                     gg += g * g;
                 }
                 let denominator = pp.sqrt() * gg.sqrt();
-                if denominator == 0.0 { 0.0 } else { (dot / denominator) as f32 }
+                if denominator == 0.0 {
+                    0.0
+                } else {
+                    (dot / denominator) as f32
+                }
             }
             Measure::Euclidean => {
                 let sum: f64 = probe

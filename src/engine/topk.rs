@@ -16,7 +16,11 @@ pub struct TopK {
 impl TopK {
     /// Keeps at most `capacity` entries.
     pub fn new(capacity: usize) -> Self {
-        TopK { capacity, entries: Vec::with_capacity(capacity + 1), floor: f32::NEG_INFINITY }
+        TopK {
+            capacity,
+            entries: Vec::with_capacity(capacity + 1),
+            floor: f32::NEG_INFINITY,
+        }
     }
 
     /// Keys at or below this cannot enter once the structure is full (ties are rare and are
@@ -67,7 +71,9 @@ mod tests {
     #[test]
     fn keeps_the_best_in_order_with_ties_to_the_lower_slot() {
         let mut top = TopK::new(3);
-        for (slot, key) in [0.1, 0.9, 0.5, 0.9, f32::NEG_INFINITY, 0.7, f32::NAN].iter().enumerate()
+        for (slot, key) in [0.1, 0.9, 0.5, 0.9, f32::NEG_INFINITY, 0.7, f32::NAN]
+            .iter()
+            .enumerate()
         {
             top.offer(*key, slot as u32);
         }

@@ -240,14 +240,19 @@ impl Gallery {
 
     /// The shard serving `model_id`, with its index.
     pub fn shard_for(&self, model_id: &str) -> Option<(usize, &Shard)> {
-        self.shards.iter().enumerate().find(|(_, s)| s.spec.id == model_id)
+        self.shards
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.spec.id == model_id)
     }
 
     /// Checks that `template` fits the model `model_id`, and returns the shard's index.
     pub fn check_template(&self, model_id: &str, template: &[f32]) -> Result<usize, GalleryError> {
-        let (index, shard) = self
-            .shard_for(model_id)
-            .ok_or_else(|| GalleryError::UnknownModel { model_id: model_id.to_owned() })?;
+        let (index, shard) =
+            self.shard_for(model_id)
+                .ok_or_else(|| GalleryError::UnknownModel {
+                    model_id: model_id.to_owned(),
+                })?;
         if template.len() != shard.spec.dimension {
             return Err(GalleryError::WrongDimension {
                 model_id: model_id.to_owned(),
@@ -256,7 +261,9 @@ impl Gallery {
             });
         }
         if !template.iter().all(|v| v.is_finite()) {
-            return Err(GalleryError::NotFinite { model_id: model_id.to_owned() });
+            return Err(GalleryError::NotFinite {
+                model_id: model_id.to_owned(),
+            });
         }
         Ok(index)
     }
@@ -285,7 +292,12 @@ impl Gallery {
     }
 
     /// Adds a template to `person_id` (creating the person), after [`Gallery::check_template`].
-    pub fn add(&mut self, person_id: &str, model_id: &str, template: &[f32]) -> Result<TemplateRef, GalleryError> {
+    pub fn add(
+        &mut self,
+        person_id: &str,
+        model_id: &str,
+        template: &[f32],
+    ) -> Result<TemplateRef, GalleryError> {
         let shard = self.check_template(model_id, template)?;
         let person = self.person_or_insert(person_id);
         let slot = self.shards[shard].insert(person, template);
@@ -316,7 +328,10 @@ impl Gallery {
             return index;
         }
         let id: Arc<str> = Arc::from(person_id);
-        let entry = PersonEntry { id: Arc::clone(&id), templates: Vec::new() };
+        let entry = PersonEntry {
+            id: Arc::clone(&id),
+            templates: Vec::new(),
+        };
         let index = match self.free_persons.pop() {
             Some(index) => {
                 self.persons[index as usize] = Some(entry);
@@ -337,7 +352,12 @@ mod tests {
     use super::*;
 
     fn spec(dimension: usize) -> ModelSpec {
-        ModelSpec { id: "m".into(), dimension, measure: Measure::Cosine, threshold: 0.5 }
+        ModelSpec {
+            id: "m".into(),
+            dimension,
+            measure: Measure::Cosine,
+            threshold: 0.5,
+        }
     }
 
     #[test]
@@ -349,7 +369,10 @@ mod tests {
         assert!(!g.shards()[0].is_live(a.slot));
         assert_eq!(g.shards()[0].key_bias()[a.slot as usize], f32::NEG_INFINITY);
         let c = g.add("carol", "m", &[1.0, 1.0]).unwrap();
-        assert_eq!(c.slot, a.slot, "a freed slot is reused before the block grows");
+        assert_eq!(
+            c.slot, a.slot,
+            "a freed slot is reused before the block grows"
+        );
         assert_eq!(g.shards()[0].slot_count(), 2);
         assert_eq!(g.shards()[0].live_count(), 2);
         assert_eq!(g.person_count(), 2);
@@ -358,11 +381,21 @@ mod tests {
     #[test]
     fn templates_are_checked_against_the_model() {
         let g = Gallery::new(vec![spec(2)]);
-        assert!(matches!(g.check_template("x", &[0.0; 2]), Err(GalleryError::UnknownModel { .. })));
+        assert!(matches!(
+            g.check_template("x", &[0.0; 2]),
+            Err(GalleryError::UnknownModel { .. })
+        ));
         assert!(matches!(
             g.check_template("m", &[0.0; 3]),
-            Err(GalleryError::WrongDimension { expected: 2, actual: 3, .. })
+            Err(GalleryError::WrongDimension {
+                expected: 2,
+                actual: 3,
+                ..
+            })
         ));
-        assert!(matches!(g.check_template("m", &[f32::NAN, 0.0]), Err(GalleryError::NotFinite { .. })));
+        assert!(matches!(
+            g.check_template("m", &[f32::NAN, 0.0]),
+            Err(GalleryError::NotFinite { .. })
+        ));
     }
 }

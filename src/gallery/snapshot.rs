@@ -65,8 +65,14 @@ impl Snapshot {
 
 /// Writes `snapshot` to `path`, replacing any file there.
 pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
-    let h5 = |source| SnapshotError::Hdf5 { path: path.to_owned(), source };
-    let layout = |problem: &str| SnapshotError::Layout { path: path.to_owned(), problem: problem.into() };
+    let h5 = |source| SnapshotError::Hdf5 {
+        path: path.to_owned(),
+        source,
+    };
+    let layout = |problem: &str| SnapshotError::Layout {
+        path: path.to_owned(),
+        problem: problem.into(),
+    };
     if snapshot.templates.len() != snapshot.len() * snapshot.dimension {
         return Err(layout("template block does not match the person ids"));
     }
@@ -80,14 +86,26 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     let ids = snapshot
         .person_ids
         .iter()
-        .map(|id| id.parse::<VarLenUnicode>().map_err(|_| layout("person id is not valid text")))
+        .map(|id| {
+            id.parse::<VarLenUnicode>()
+                .map_err(|_| layout("person id is not valid text"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let person_ids =
-        file.new_dataset::<VarLenUnicode>().shape(snapshot.len()).create("person_ids").map_err(h5)?;
+    let person_ids = file
+        .new_dataset::<VarLenUnicode>()
+        .shape(snapshot.len())
+        .create("person_ids")
+        .map_err(h5)?;
     person_ids.write_raw(&ids).map_err(h5)?;
-    let model_id: VarLenUnicode =
-        snapshot.model_id.parse().map_err(|_| layout("model id is not valid text"))?;
-    file.new_attr::<VarLenUnicode>().create("model_id").map_err(h5)?.write_scalar(&model_id).map_err(h5)?;
+    let model_id: VarLenUnicode = snapshot
+        .model_id
+        .parse()
+        .map_err(|_| layout("model id is not valid text"))?;
+    file.new_attr::<VarLenUnicode>()
+        .create("model_id")
+        .map_err(h5)?
+        .write_scalar(&model_id)
+        .map_err(h5)?;
     file.new_attr::<u32>()
         .create("dimension")
         .map_err(h5)?
@@ -103,8 +121,14 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
 
 /// Reads the snapshot at `path`, checking its layout.
 pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
-    let h5 = |source| SnapshotError::Hdf5 { path: path.to_owned(), source };
-    let layout = |problem: String| SnapshotError::Layout { path: path.to_owned(), problem };
+    let h5 = |source| SnapshotError::Hdf5 {
+        path: path.to_owned(),
+        source,
+    };
+    let layout = |problem: String| SnapshotError::Layout {
+        path: path.to_owned(),
+        problem,
+    };
     let file = hdf5::File::open(path).map_err(h5)?;
     let model_id: VarLenUnicode = file
         .attr("model_id")
@@ -114,11 +138,14 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
         .attr("dimension")
         .and_then(|a| a.read_scalar())
         .map_err(|e| layout(format!("attribute dimension: {e}")))?;
-    let templates_ds =
-        file.dataset("templates").map_err(|e| layout(format!("dataset templates: {e}")))?;
+    let templates_ds = file
+        .dataset("templates")
+        .map_err(|e| layout(format!("dataset templates: {e}")))?;
     let shape = templates_ds.shape();
     if shape.len() != 2 || shape[1] != dimension as usize {
-        return Err(layout(format!("templates have shape {shape:?}, dimension is {dimension}")));
+        return Err(layout(format!(
+            "templates have shape {shape:?}, dimension is {dimension}"
+        )));
     }
     let templates: Vec<f32> = templates_ds.read_raw().map_err(h5)?;
     let ids: Vec<VarLenUnicode> = file
@@ -126,7 +153,11 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
         .and_then(|d| d.read_raw())
         .map_err(|e| layout(format!("dataset person_ids: {e}")))?;
     if ids.len() != shape[0] {
-        return Err(layout(format!("{} person ids for {} templates", ids.len(), shape[0])));
+        return Err(layout(format!(
+            "{} person ids for {} templates",
+            ids.len(),
+            shape[0]
+        )));
     }
     if !templates.iter().all(|v| v.is_finite()) {
         return Err(layout("templates hold values that are not finite".into()));
@@ -165,8 +196,12 @@ mod tests {
     fn empty_snapshot_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.h5");
-        let snapshot =
-            Snapshot { model_id: "m".into(), dimension: 8, templates: vec![], person_ids: vec![] };
+        let snapshot = Snapshot {
+            model_id: "m".into(),
+            dimension: 8,
+            templates: vec![],
+            person_ids: vec![],
+        };
         write(&path, &snapshot).unwrap();
         assert_eq!(read(&path).unwrap(), snapshot);
     }
@@ -176,9 +211,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other.h5");
         let file = hdf5::File::create(&path).unwrap();
-        file.new_dataset::<f32>().shape((2, 2)).create("something").unwrap();
+        file.new_dataset::<f32>()
+            .shape((2, 2))
+            .create("something")
+            .unwrap();
         file.close().unwrap();
         assert!(matches!(read(&path), Err(SnapshotError::Layout { .. })));
-        assert!(matches!(read(&dir.path().join("missing.h5")), Err(SnapshotError::Hdf5 { .. })));
+        assert!(matches!(
+            read(&dir.path().join("missing.h5")),
+            Err(SnapshotError::Hdf5 { .. })
+        ));
     }
 }

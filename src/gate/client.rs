@@ -72,11 +72,18 @@ impl GateClient {
         } else {
             (std::net::Ipv4Addr::LOCALHOST, 0).into()
         };
-        let local = if server.ip().is_loopback() { local } else { unspecified(server) };
+        let local = if server.ip().is_loopback() {
+            local
+        } else {
+            unspecified(server)
+        };
         let mut endpoint = Endpoint::client(local).map_err(GateError::Socket)?;
         endpoint.set_default_client_config(config);
         let connection = endpoint.connect(server, server_name)?.await?;
-        Ok(GateClient { endpoint, connection })
+        Ok(GateClient {
+            endpoint,
+            connection,
+        })
     }
 
     /// Sends one request and waits for its answer.

@@ -46,7 +46,11 @@ impl std::str::FromStr for Mix {
             .map(|p| p.trim().parse::<u32>().map_err(|e| format!("{p:?}: {e}")))
             .collect::<Result<_, _>>()?;
         match parts[..] {
-            [enrol, verify, identify] if enrol + verify + identify > 0 => Ok(Mix { enrol, verify, identify }),
+            [enrol, verify, identify] if enrol + verify + identify > 0 => Ok(Mix {
+                enrol,
+                verify,
+                identify,
+            }),
             _ => Err("expected enrol:verify:identify weights, not all zero, e.g. 1:8:1".into()),
         }
     }
@@ -116,7 +120,11 @@ impl Shared {
             return None;
         }
         let i = rng.random_range(0..total);
-        Some(if i < self.sim.enrolled { i } else { extra[(i - self.sim.enrolled) as usize] })
+        Some(if i < self.sim.enrolled {
+            i
+        } else {
+            extra[(i - self.sim.enrolled) as usize]
+        })
     }
 }
 
@@ -150,7 +158,13 @@ pub async fn run(sim: Simulation) -> Result<Report, GateError> {
         let shared = Arc::clone(&shared);
         let client = Arc::clone(client);
         let seed = sim.seed.wrapping_add(g as u64 * 7919);
-        gate_tasks.push(tokio::spawn(gate_loop(client, shared, per_gate_rate, started, seed)));
+        gate_tasks.push(tokio::spawn(gate_loop(
+            client,
+            shared,
+            per_gate_rate,
+            started,
+            seed,
+        )));
     }
     let ticker = {
         let shared = Arc::clone(&shared);
@@ -159,7 +173,10 @@ pub async fn run(sim: Simulation) -> Result<Report, GateError> {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 bar.set_position(started.elapsed().as_millis() as u64);
-                bar.set_message(format!("answered {}", shared.answered.load(Ordering::Relaxed)));
+                bar.set_message(format!(
+                    "answered {}",
+                    shared.answered.load(Ordering::Relaxed)
+                ));
             }
         })
     };
@@ -215,7 +232,9 @@ async fn gate_loop(
         let client = Arc::clone(&client);
         let shared = Arc::clone(&shared);
         sent += 1;
-        running.push(tokio::spawn(async move { one_request(&client, &shared, request_seed).await }));
+        running.push(tokio::spawn(async move {
+            one_request(&client, &shared, request_seed).await
+        }));
         if running.len() > 4096 {
             running.retain(|t| !t.is_finished());
         }
@@ -238,11 +257,14 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
     let roll = rng.random_range(0..total);
     let known = shared.pick_known(&mut rng);
     let intent = match (roll, known) {
-        (r, _) if r < sim.mix.enrol => Intent::Enrol(shared.next_new.fetch_add(1, Ordering::Relaxed)),
-        (_, None) => Intent::Enrol(shared.next_new.fetch_add(1, Ordering::Relaxed)),
-        (r, Some(claimed)) if r < sim.mix.enrol + sim.mix.verify => {
-            Intent::Verify { claimed, genuine: !rng.random_bool(sim.impostor_share) }
+        (r, _) if r < sim.mix.enrol => {
+            Intent::Enrol(shared.next_new.fetch_add(1, Ordering::Relaxed))
         }
+        (_, None) => Intent::Enrol(shared.next_new.fetch_add(1, Ordering::Relaxed)),
+        (r, Some(claimed)) if r < sim.mix.enrol + sim.mix.verify => Intent::Verify {
+            claimed,
+            genuine: !rng.random_bool(sim.impostor_share),
+        },
         (_, Some(who)) => Intent::Identify(who),
     };
     let template = |values| proto::Template {
@@ -259,7 +281,11 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
             }),
         ),
         Intent::Verify { claimed, genuine } => {
-            let who = if *genuine { *claimed } else { impostor_of(*claimed, shared, &mut rng) };
+            let who = if *genuine {
+                *claimed
+            } else {
+                impostor_of(*claimed, shared, &mut rng)
+            };
             (
                 "verify",
                 Operation::Verify(proto::VerifyRequest {
@@ -276,7 +302,11 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
             }),
         ),
     };
-    let request = proto::Request { request_id: seed, deadline_ms: sim.deadline_ms, operation: Some(operation) };
+    let request = proto::Request {
+        request_id: seed,
+        deadline_ms: sim.deadline_ms,
+        operation: Some(operation),
+    };
     let sent_at = Instant::now();
     let answer = client.call(&request).await;
     let took_us = sent_at.elapsed().as_micros() as u64;
@@ -302,16 +332,27 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
     match (intent, response.result) {
         (Intent::Enrol(i), Some(Answer::Enrol(_))) => {
             drop(tally);
-            shared.known.lock().unwrap_or_else(|p| p.into_inner()).push(i);
+            shared
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(i);
         }
         (Intent::Verify { genuine, .. }, Some(Answer::Verify(v))) => {
             let matched = v.decision == proto::Decision::Match as i32;
-            let counts = if genuine { &mut tally.genuine } else { &mut tally.impostor };
+            let counts = if genuine {
+                &mut tally.genuine
+            } else {
+                &mut tally.impostor
+            };
             counts.0 += u64::from(matched);
             counts.1 += 1;
         }
         (Intent::Identify(who), Some(Answer::Identify(r))) => {
-            let hit = r.candidates.first().is_some_and(|c| c.person_id == sim.population.person_id(who));
+            let hit = r
+                .candidates
+                .first()
+                .is_some_and(|c| c.person_id == sim.population.person_id(who));
             tally.rank_one.0 += u64::from(hit);
             tally.rank_one.1 += 1;
         }
@@ -370,7 +411,11 @@ impl Report {
         let mut all_sent = 0;
         for operation in ["enrol", "verify", "identify"] {
             let sent = tally.sent.get(operation).copied().unwrap_or(0);
-            let mut latencies = tally.latencies_us.get(operation).cloned().unwrap_or_default();
+            let mut latencies = tally
+                .latencies_us
+                .get(operation)
+                .cloned()
+                .unwrap_or_default();
             let outcomes: BTreeMap<_, _> = tally
                 .outcomes
                 .iter()
@@ -383,7 +428,12 @@ impl Report {
             all_sent += sent;
             all_latencies.extend_from_slice(&latencies);
             if sent > 0 {
-                rows.push(ReportRow { operation, sent, outcomes, latency_ms: percentiles(&mut latencies) });
+                rows.push(ReportRow {
+                    operation,
+                    sent,
+                    outcomes,
+                    latency_ms: percentiles(&mut latencies),
+                });
             }
         }
         rows.push(ReportRow {
@@ -416,7 +466,10 @@ impl Report {
 
     /// Answers per second over the run.
     pub fn throughput_per_s(&self) -> f64 {
-        let answered: u64 = self.row("all").map(|r| r.outcomes.values().sum()).unwrap_or(0);
+        let answered: u64 = self
+            .row("all")
+            .map(|r| r.outcomes.values().sum())
+            .unwrap_or(0);
         answered as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 }
@@ -446,7 +499,15 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "{:<9} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8} {:>8} {:>8}  refusals",
-            "operation", "sent", "answered", "ok", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+            "operation",
+            "sent",
+            "answered",
+            "ok",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms"
         )?;
         for row in &self.rows {
             let answered: u64 = row.outcomes.values().sum();
@@ -465,10 +526,20 @@ impl fmt::Display for Report {
                 row.sent,
                 answered,
                 ok,
-                if refusals.is_empty() { "-".into() } else { refusals.join(" ") }
+                if refusals.is_empty() {
+                    "-".into()
+                } else {
+                    refusals.join(" ")
+                }
             )?;
         }
-        let rate = |(hit, all): (u64, u64)| if all == 0 { 0.0 } else { 100.0 * hit as f64 / all as f64 };
+        let rate = |(hit, all): (u64, u64)| {
+            if all == 0 {
+                0.0
+            } else {
+                100.0 * hit as f64 / all as f64
+            }
+        };
         writeln!(
             f,
             "decisions: genuine accepted {}/{} ({:.2}%), impostors accepted {}/{} ({:.2}%), \
@@ -484,7 +555,11 @@ impl fmt::Display for Report {
             rate(self.rank_one_hits),
         )?;
         if self.failures > 0 {
-            writeln!(f, "requests without an answer (connection or stream failure): {}", self.failures)?;
+            writeln!(
+                f,
+                "requests without an answer (connection or stream failure): {}",
+                self.failures
+            )?;
         }
         Ok(())
     }

@@ -32,8 +32,11 @@ impl Population {
 
     /// The enrolled template of traveller `index`.
     pub fn template(&self, index: u64) -> Vec<f32> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut v: Vec<f32> = (0..self.dimension).map(|_| rng.sample(StandardNormal)).collect();
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut v: Vec<f32> = (0..self.dimension)
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
         normalise(&mut v);
         v
     }
@@ -66,7 +69,9 @@ fn normalise(v: &mut [f32]) {
 /// A random gallery block of `rows` unit vectors of `dimension` values (for benches).
 pub fn random_block(rows: usize, dimension: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut block: Vec<f32> = (0..rows * dimension).map(|_| rng.sample(StandardNormal)).collect();
+    let mut block: Vec<f32> = (0..rows * dimension)
+        .map(|_| rng.sample(StandardNormal))
+        .collect();
     for row in block.chunks_exact_mut(dimension.max(1)) {
         normalise(row);
     }
@@ -80,12 +85,18 @@ mod tests {
 
     #[test]
     fn genuine_probes_are_close_and_impostors_far() {
-        let population = Population { seed: 7, dimension: 128 };
+        let population = Population {
+            seed: 7,
+            dimension: 128,
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for i in 0..50 {
-            let genuine = Measure::Cosine.score(&population.probe(i, &mut rng), &population.template(i));
-            let impostor =
-                Measure::Cosine.score(&population.probe(i + 1000, &mut rng), &population.template(i));
+            let genuine =
+                Measure::Cosine.score(&population.probe(i, &mut rng), &population.template(i));
+            let impostor = Measure::Cosine.score(
+                &population.probe(i + 1000, &mut rng),
+                &population.template(i),
+            );
             assert!((genuine - GENUINE_COSINE).abs() < 0.1, "genuine {genuine}");
             assert!(impostor.abs() < 0.4, "impostor {impostor}");
         }

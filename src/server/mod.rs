@@ -76,8 +76,10 @@ struct StreamLimits {
 /// Binds the endpoint described by `config` (port 0 picks a free port).
 pub fn bind(config: &ServerConfig) -> Result<Endpoint, ServerError> {
     let server_config = tls::server_config(config)?;
-    Endpoint::server(server_config, config.listen)
-        .map_err(|source| ServerError::Bind { addr: config.listen, source })
+    Endpoint::server(server_config, config.listen).map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })
 }
 
 /// Serves gates on `endpoint` until `shutdown` resolves, then closes every connection.
@@ -124,7 +126,10 @@ async fn connection(incoming: quinn::Incoming, appliance: Arc<Appliance>, limits
     let Some(gate) = peer_identity(&connection) else {
         metrics::handshake_refused("no_gate_identity");
         tracing::warn!(%remote, "certificate names no gate; closing");
-        connection.close(CloseCode::NoGateIdentity.into(), b"certificate names no gate");
+        connection.close(
+            CloseCode::NoGateIdentity.into(),
+            b"certificate names no gate",
+        );
         return;
     };
     let gate = Arc::new(gate);
@@ -137,9 +142,7 @@ async fn connection(incoming: quinn::Incoming, appliance: Arc<Appliance>, limits
                 Ok((send, recv)) => {
                     let appliance = Arc::clone(&appliance);
                     let gate = Arc::clone(&gate);
-                    tokio::spawn(
-                        stream(send, recv, appliance, gate, limits).in_current_span(),
-                    );
+                    tokio::spawn(stream(send, recv, appliance, gate, limits).in_current_span());
                 }
                 Err(reason) => {
                     tracing::info!(%reason, "gate disconnected");
@@ -161,18 +164,39 @@ async fn stream(
     limits: StreamLimits,
 ) {
     let received = Instant::now();
-    let read = tokio::time::timeout(limits.read_timeout, recv.read_to_end(limits.max_message_bytes));
+    let read = tokio::time::timeout(
+        limits.read_timeout,
+        recv.read_to_end(limits.max_message_bytes),
+    );
     let response = match read.await {
         Err(_elapsed) => {
-            tracing::warn!(timeout_ms = limits.read_timeout.as_millis() as u64, "request not finished in time");
+            tracing::warn!(
+                timeout_ms = limits.read_timeout.as_millis() as u64,
+                "request not finished in time"
+            );
             let _ = recv.stop(CloseCode::RequestTimedOut.into());
-            refusal(Refusal::malformed("the request was not finished in time"), "none")
+            refusal(
+                Refusal::malformed("the request was not finished in time"),
+                "none",
+            )
         }
         Ok(Err(quinn::ReadToEndError::TooLong)) => {
-            tracing::warn!(limit_bytes = limits.max_message_bytes, "request over the size limit");
+            tracing::warn!(
+                limit_bytes = limits.max_message_bytes,
+                "request over the size limit"
+            );
             let _ = recv.stop(CloseCode::RequestTooLarge.into());
-            let detail = format!("the request is over the limit of {} bytes", limits.max_message_bytes);
-            refusal(Refusal { reason: Reason::TooLarge, detail }, "none")
+            let detail = format!(
+                "the request is over the limit of {} bytes",
+                limits.max_message_bytes
+            );
+            refusal(
+                Refusal {
+                    reason: Reason::TooLarge,
+                    detail,
+                },
+                "none",
+            )
         }
         Ok(Err(quinn::ReadToEndError::Read(error))) => {
             tracing::debug!(%error, "request stream broke off");
@@ -182,7 +206,10 @@ async fn stream(
             Ok(request) => appliance.handle(&gate, request, received).await,
             Err(error) => {
                 tracing::warn!(%error, "request does not decode");
-                refusal(Refusal::malformed(format!("the request does not decode: {error}")), "none")
+                refusal(
+                    Refusal::malformed(format!("the request does not decode: {error}")),
+                    "none",
+                )
             }
         },
     };

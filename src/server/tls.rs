@@ -50,9 +50,11 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
 /// The appliance's QUIC server configuration: TLS 1.3, client certificates required.
 pub fn server_config(config: &ServerConfig) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&config.gate_ca)?), Arc::clone(&provider))
-            .build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&config.gate_ca)?),
+        Arc::clone(&provider),
+    )
+    .build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -105,5 +107,7 @@ pub fn anonymous_client_config(server_ca: &Path) -> Result<quinn::ClientConfig, 
         .with_root_certificates(roots(server_ca)?)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?)))
+    Ok(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls)?,
+    )))
 }

@@ -35,7 +35,11 @@ impl Site {
 
     /// A configuration on a free loopback port with this site's PKI and registry.
     pub fn config(&self) -> Config {
-        Config::development(&self.certs(), &self.registry(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        Config::development(
+            &self.certs(),
+            &self.registry(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
     }
 
     pub fn start(&self, config: &Config) -> RunningAppliance {
@@ -57,14 +61,25 @@ impl Site {
     }
 }
 
-pub const POPULATION: Population = Population { seed: 99, dimension: 128 };
+pub const POPULATION: Population = Population {
+    seed: 99,
+    dimension: 128,
+};
 
 pub fn template(values: Vec<f32>) -> proto::Template {
-    proto::Template { modality: proto::Modality::Face as i32, model_id: SYNTHETIC_MODEL.into(), values }
+    proto::Template {
+        modality: proto::Modality::Face as i32,
+        model_id: SYNTHETIC_MODEL.into(),
+        values,
+    }
 }
 
 pub fn request(operation: Operation) -> proto::Request {
-    proto::Request { request_id: 7, deadline_ms: 5_000, operation: Some(operation) }
+    proto::Request {
+        request_id: 7,
+        deadline_ms: 5_000,
+        operation: Some(operation),
+    }
 }
 
 pub fn enrol(person: u64) -> proto::Request {
@@ -82,29 +97,44 @@ pub fn verify(claimed: u64, probe: Vec<f32>) -> proto::Request {
 }
 
 pub fn identify(probe: Vec<f32>, k: u32) -> proto::Request {
-    request(Operation::Identify(proto::IdentifyRequest { probe: Some(template(probe)), k }))
+    request(Operation::Identify(proto::IdentifyRequest {
+        probe: Some(template(probe)),
+        k,
+    }))
 }
 
 pub fn erase(person: u64) -> proto::Request {
-    request(Operation::Erase(proto::EraseRequest { person_id: POPULATION.person_id(person) }))
+    request(Operation::Erase(proto::EraseRequest {
+        person_id: POPULATION.person_id(person),
+    }))
 }
 
 pub fn refusal(response: &proto::Response) -> proto::Reason {
-    assert_eq!(response.outcome, proto::Outcome::Refused as i32, "expected a refusal: {response:?}");
+    assert_eq!(
+        response.outcome,
+        proto::Outcome::Refused as i32,
+        "expected a refusal: {response:?}"
+    );
     response.reason()
 }
 
 pub fn verify_result(response: proto::Response) -> proto::VerifyResult {
     match response.result {
         Some(Answer::Verify(v)) => v,
-        other => panic!("expected a verify result, got {other:?} ({})", response.detail),
+        other => panic!(
+            "expected a verify result, got {other:?} ({})",
+            response.detail
+        ),
     }
 }
 
 pub fn identify_result(response: proto::Response) -> proto::IdentifyResult {
     match response.result {
         Some(Answer::Identify(v)) => v,
-        other => panic!("expected an identify result, got {other:?} ({})", response.detail),
+        other => panic!(
+            "expected an identify result, got {other:?} ({})",
+            response.detail
+        ),
     }
 }
 
