@@ -64,11 +64,14 @@ impl Job {
     }
 }
 
+/// Persons best first, with their best score.
+pub type Ranked = Vec<(Arc<str>, f32)>;
+
 /// What a job produced.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobOutput {
     /// Persons best first, with their best score.
-    Identify(Vec<(Arc<str>, f32)>),
+    Identify(Ranked),
     /// The person's best score.
     Verify(f32),
 }
@@ -253,8 +256,8 @@ impl Worker {
             } else {
                 identify_group(self.backend.as_ref(), &gallery, shard, group)
             };
+            metrics::compute(started.elapsed());
             for (work, output) in group.iter_mut().zip(outputs) {
-                metrics::compute(started.elapsed());
                 let reply = std::mem::replace(&mut work.reply, oneshot::channel().0);
                 let _ = reply.send(output);
             }
@@ -307,13 +310,14 @@ fn verify_group(
             if !known {
                 return Err(BatchError::UnknownPerson);
             }
-            let best = scores
-                .next()
-                .unwrap_or_default()
-                .into_iter()
-                .fold(measure.worst(), |best, s| {
-                    if measure.is_better(s, best) { s } else { best }
-                });
+            let best =
+                scores
+                    .next()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .fold(measure.worst(), |best, s| {
+                        if measure.is_better(s, best) { s } else { best }
+                    });
             Ok(JobOutput::Verify(best))
         })
         .collect()
@@ -336,7 +340,7 @@ fn identify_group(
             Job::Verify { .. } => 0,
         })
         .collect();
-    let mut results: Vec<Option<Vec<(Arc<str>, f32)>>> = vec![None; group.len()];
+    let mut results: Vec<Option<Ranked>> = vec![None; group.len()];
     let mut pending: Vec<usize> = (0..group.len()).collect();
     let mut slots_asked = wanted.iter().copied().max().unwrap_or(0);
     while !pending.is_empty() {

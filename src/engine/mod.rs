@@ -169,7 +169,7 @@ pub trait Backend: Send + Sync {
 
 /// How many probes a block of `len` values holds, or the shape error.
 pub(crate) fn probe_count(len: usize, dim: usize) -> Result<usize, EngineError> {
-    if dim == 0 || len % dim != 0 {
+    if dim == 0 || !len.is_multiple_of(dim) {
         return Err(EngineError::ProbeShape { len, dim });
     }
     Ok(len / dim)

@@ -363,10 +363,10 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
 /// Another enrolled traveller than `claimed`, to play an impostor.
 fn impostor_of(claimed: u64, shared: &Shared, rng: &mut impl Rng) -> u64 {
     for _ in 0..8 {
-        if let Some(other) = shared.pick_known(rng) {
-            if other != claimed {
-                return other;
-            }
+        if let Some(other) = shared.pick_known(rng)
+            && other != claimed
+        {
+            return other;
         }
     }
     // Nobody else is enrolled yet: a traveller never enrolled plays the impostor.
