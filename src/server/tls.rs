@@ -50,6 +50,8 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
 /// The appliance's QUIC server configuration: TLS 1.3, client certificates required.
 pub fn server_config(config: &ServerConfig) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
+    // TODO: gate certificates are not checked against a revocation list; rustls's verifier
+    // takes CRLs, but no operator CRL source (file or distribution point) is configured yet.
     let verifier = WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(&config.gate_ca)?),
         Arc::clone(&provider),
