@@ -43,6 +43,8 @@ pub struct ScoreBenchResult {
     pub gallery_bytes_per_s: f64,
     /// Median call time.
     pub median_call: Duration,
+    /// Timed calls (the warm-up call excluded).
+    pub calls: usize,
 }
 
 /// A gallery of `rows` random templates, as one shard.
@@ -88,6 +90,7 @@ pub fn score(backend: &dyn Backend, threads: usize, bench: ScoreBench) -> ScoreB
         comparisons_per_s: (bench.batch * bench.gallery) as f64 * per_s,
         gallery_bytes_per_s: (bench.gallery * bench.dimension * 4) as f64 * per_s,
         median_call,
+        calls: calls.len(),
     }
 }
 
@@ -96,7 +99,7 @@ impl fmt::Display for ScoreBenchResult {
         write!(
             f,
             "score backend={} n={} dim={} batch={} k={} threads={} queries_per_s={:.1} \
-             comparisons_per_s={:.4e} gallery_gb_per_s={:.2} median_call_ms={:.3}",
+             comparisons_per_s={:.4e} gallery_gb_per_s={:.2} median_call_ms={:.3} calls={}",
             self.backend,
             self.bench.gallery,
             self.bench.dimension,
@@ -107,6 +110,7 @@ impl fmt::Display for ScoreBenchResult {
             self.comparisons_per_s,
             self.gallery_bytes_per_s / 1e9,
             self.median_call.as_secs_f64() * 1e3,
+            self.calls,
         )
     }
 }

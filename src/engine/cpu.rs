@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{self, GEMM_MIN_BATCH, MAX_ROW_PROBES, RowRun};
+use super::kernels::{self, RowRun};
 use super::{Backend, Candidate, EngineError, Measure, TopK, probe_count};
 use crate::gallery::Shard;
 
@@ -78,22 +78,12 @@ impl CpuEngine {
     }
 }
 
-/// Keys of one run of rows against the whole batch, by the path that suits the batch size.
+/// Keys of one run of rows against the whole batch.
 fn scan_run(run: &RowRun<'_>, probes: &[f32], batch: usize, keep: usize) -> Vec<TopK> {
     let dim = run.dim;
     let mut tops = vec![TopK::new(keep); batch];
-    if batch >= GEMM_MIN_BATCH {
-        let mut scratch = Vec::new();
-        kernels::scan_block_gemm(run, probes, &mut tops, &mut scratch);
-        return tops;
-    }
-    for (group, group_tops) in tops.chunks_mut(MAX_ROW_PROBES).enumerate() {
-        let first = group * MAX_ROW_PROBES;
-        let group_probes: Vec<&[f32]> = (first..first + group_tops.len())
-            .map(|p| &probes[p * dim..(p + 1) * dim])
-            .collect();
-        kernels::scan_rows(run, &group_probes, group_tops);
-    }
+    let probes: Vec<&[f32]> = probes.chunks_exact(dim).collect();
+    kernels::scan(run, &probes, &mut tops);
     tops
 }
 

@@ -1,31 +1,30 @@
-//! The inner loops of the CPU scan: rank keys of a run of gallery rows against a few probes.
+//! The inner loop of the CPU scan: rank keys of a run of gallery rows against a batch of probes.
 //!
-//! Two paths, chosen by batch size:
+//! One register-tiled kernel serves every batch size. It multiplies a tile of three gallery
+//! rows with a group of up to four probes, keeping the twelve running dot products in
+//! registers (seven loads feed twelve fused multiply-adds), and reduces them at the end of the
+//! rows. Rows are visited in blocks that fit the per-core L2 cache; for each block the probe
+//! groups take turns, so a row is read from memory once per batch, however large the batch:
 //!
-//! * **few probes** ([`scan_rows`]): each gallery row is read once and multiplied with up to
-//!   [`MAX_ROW_PROBES`] probes held in L1. At batch 1 the scan is bound by memory bandwidth,
-//!   so the goal is to stream rows with as little work per byte as possible. Hand-written with
-//!   `std::arch` AVX2 + FMA behind run-time detection, because the portable fallback leaves
-//!   the horizontal sums and the fused multiply-adds to chance; a scalar loop serves other CPUs.
-//! * **many probes** ([`scan_block_gemm`]): a block of rows against the whole batch is a small
-//!   matrix product, bound by arithmetic. The `gemm` crate packs operands and runs
-//!   register-blocked micro-kernels for the CPU it finds at run time; writing that by hand
-//!   would buy nothing it does not already do.
+//! * at batch 1 the scan streams the gallery once and is bound by memory bandwidth;
+//! * at large batches every seven loads feed twelve fused multiply-adds, so the scan is bound by the FMA units, not by packing or memory.
 //!
-//! Both produce the same keys up to float rounding; final scores are recomputed elsewhere.
+//! The kernel is written with `std::arch` AVX2 + FMA behind run-time detection rather than
+//! left to the auto-vectoriser (which neither keeps twelve accumulators in registers nor fuses
+//! the multiply-adds) or to a general matrix-product crate (which re-packs both operands on
+//! every call and leaves the top-k selection to a second pass over a score matrix). A scalar
+//! path serves other CPUs and checks the SIMD one.
 
 use super::TopK;
 
-/// At most this many probes share one pass over the rows in [`scan_rows`]; more cost
-/// registers without saving memory traffic.
-pub const MAX_ROW_PROBES: usize = 4;
+/// Probes that share one pass over a tile of rows: twelve accumulators of three rows × four
+/// probes, plus three row registers and one probe register, fill the sixteen AVX2 registers
+/// without spills.
+pub const PROBES_PER_TILE: usize = 4;
 
-/// Batches at least this large go through [`scan_block_gemm`].
-pub const GEMM_MIN_BATCH: usize = 8;
-
-/// Rows per matrix-product block: the block (rows × dim) and its scores (batch × rows) stay
-/// in the per-core L2 for dimensions up to 512 and batches up to 64.
-pub const GEMM_BLOCK_ROWS: usize = 256;
+/// Bytes of gallery rows per cache block: the block stays in L2 while every probe group of
+/// the batch passes over it.
+const BLOCK_BYTES: usize = 128 * 1024;
 
 /// The gallery rows a scan covers, with their rank keys.
 pub struct RowRun<'a> {
@@ -41,93 +40,84 @@ pub struct RowRun<'a> {
     pub dim: usize,
 }
 
-/// Offers every row of `run` to `tops[i]` with its key against `probes[i]` (at most
-/// [`MAX_ROW_PROBES`] probes).
-pub fn scan_rows(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK]) {
-    debug_assert!(probes.len() <= MAX_ROW_PROBES && probes.len() == tops.len());
+/// Offers every row of `run` to `tops[i]` with its key against `probes[i]`.
+pub fn scan(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK]) {
+    debug_assert_eq!(probes.len(), tops.len());
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            // SAFETY: the features the function is compiled for were detected just above.
-            unsafe {
-                match probes.len() {
-                    1 => x86::scan_rows::<1>(run, probes, tops),
-                    2 => x86::scan_rows::<2>(run, probes, tops),
-                    3 => x86::scan_rows::<3>(run, probes, tops),
-                    _ => x86::scan_rows::<4>(run, probes, tops),
-                }
-            }
+            // SAFETY: the features the kernel is compiled for were detected just above.
+            scan_blocked(run, probes, tops, x86::block);
             return;
         }
     }
-    scan_rows_portable(run, probes, tops);
+    scan_blocked(run, probes, tops, block_portable);
 }
 
-/// The scalar version of [`scan_rows`], for CPUs without AVX2 and as a check on it.
-pub fn scan_rows_portable(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK]) {
-    for (r, row) in run.rows.chunks_exact(run.dim).enumerate() {
-        for (probe, top) in probes.iter().zip(tops.iter_mut()) {
-            let dot: f32 = row.iter().zip(probe.iter()).map(|(a, b)| a * b).sum();
-            let key = dot * run.key_scale[r] + run.key_bias[r];
-            if key >= top.floor() {
-                top.offer(key, run.first_slot + r as u32);
+/// [`scan`] on the scalar kernel alone, as a check on the SIMD one.
+#[cfg(test)]
+pub fn scan_portable(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK]) {
+    scan_blocked(run, probes, tops, block_portable);
+}
+
+/// Dot products of `rows` (row-major, `dim` values each) with up to [`PROBES_PER_TILE`]
+/// probes, written to `dots[p * row_count + r]`.
+type BlockFn = unsafe fn(&[f32], usize, &[&[f32]], &mut [f32]);
+
+#[inline(always)]
+fn scan_blocked(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK], block_fn: BlockFn) {
+    let dim = run.dim;
+    let rows = run.rows.len() / dim;
+    let block_rows = (BLOCK_BYTES / (4 * dim)).max(8);
+    let mut dots = vec![0f32; PROBES_PER_TILE * block_rows];
+    let mut block = 0;
+    while block < rows {
+        let end = (block + block_rows).min(rows);
+        let n = end - block;
+        let block_values = &run.rows[block * dim..end * dim];
+        let scale = &run.key_scale[block..end];
+        let bias = &run.key_bias[block..end];
+        for (group, group_tops) in probes
+            .chunks(PROBES_PER_TILE)
+            .zip(tops.chunks_mut(PROBES_PER_TILE))
+        {
+            // SAFETY: `block_fn` is the portable kernel, or the AVX2 one, which `scan` passes
+            // only after detecting the features; it reads `dim` values of each row and probe
+            // and writes `group.len() * n` dots, all within the slices handed over.
+            unsafe { block_fn(block_values, dim, group, &mut dots[..group.len() * n]) };
+            for (p, top) in group_tops.iter_mut().enumerate() {
+                offer_keys(
+                    &dots[p * n..(p + 1) * n],
+                    scale,
+                    bias,
+                    run.first_slot + block as u32,
+                    top,
+                );
             }
+        }
+        block = end;
+    }
+}
+
+/// Turns dots into rank keys and offers those that can enter `top`.
+#[inline(always)]
+fn offer_keys(dots: &[f32], scale: &[f32], bias: &[f32], first_slot: u32, top: &mut TopK) {
+    for (r, ((&dot, &s), &b)) in dots.iter().zip(scale).zip(bias).enumerate() {
+        let key = dot * s + b;
+        if key >= top.floor() {
+            top.offer(key, first_slot + r as u32);
         }
     }
 }
 
-/// Offers every row of `run` to `tops[i]` with its key against probe `i` of `probes`
-/// (row-major, `run.dim` values each), through one matrix product per block of rows.
-///
-/// `scores` is scratch space, reused between calls to spare the allocator.
-pub fn scan_block_gemm(run: &RowRun<'_>, probes: &[f32], tops: &mut [TopK], scores: &mut Vec<f32>) {
-    let dim = run.dim;
-    let batch = tops.len();
-    let rows = run.rows.len() / dim;
-    scores.resize(batch * GEMM_BLOCK_ROWS, 0.0);
-    let mut start = 0;
-    while start < rows {
-        let n = GEMM_BLOCK_ROWS.min(rows - start);
-        let block = &run.rows[start * dim..(start + n) * dim];
-        // SAFETY: the strides describe `probes` (batch × dim, row-major), the transpose of
-        // `block` (dim × n: element (d, r) at r·dim + d) and `scores` (batch × n, row stride
-        // n), and every pointer covers the extent those strides reach.
-        unsafe {
-            gemm::gemm(
-                batch,
-                n,
-                dim,
-                scores.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                probes.as_ptr(),
-                1,
-                dim as isize,
-                block.as_ptr(),
-                dim as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+/// The scalar block kernel.
+fn block_portable(rows: &[f32], dim: usize, probes: &[&[f32]], dots: &mut [f32]) {
+    let n = rows.len() / dim;
+    for (p, probe) in probes.iter().enumerate() {
+        for (r, row) in rows.chunks_exact(dim).enumerate() {
+            dots[p * n + r] = row.iter().zip(probe.iter()).map(|(a, b)| a * b).sum();
         }
-        let scale = &run.key_scale[start..start + n];
-        let bias = &run.key_bias[start..start + n];
-        for (p, top) in tops.iter_mut().enumerate() {
-            let dots = &scores[p * n..(p + 1) * n];
-            for r in 0..n {
-                let key = dots[r] * scale[r] + bias[r];
-                if key >= top.floor() {
-                    top.offer(key, run.first_slot + (start + r) as u32);
-                }
-            }
-        }
-        start += n;
     }
 }
 
@@ -135,51 +125,133 @@ pub fn scan_block_gemm(run: &RowRun<'_>, probes: &[f32], tops: &mut [TopK], scor
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{RowRun, TopK};
-
     /// Sum of the eight lanes.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn horizontal_sum(v: __m256) -> f32 {
+    fn lane_sum(v: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let one = _mm_add_ss(pair, _mm_shuffle_ps::<0b01>(pair, pair));
-        _mm_cvtss_f32(one)
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<0b01>(pair, pair)))
     }
 
-    /// `P` probes against every row; two accumulators per probe hide the FMA latency.
+    /// A block of rows against up to four probes (see [`super::BlockFn`]).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scan_rows<const P: usize>(
-        run: &RowRun<'_>,
+    pub(super) unsafe fn block(rows: &[f32], dim: usize, probes: &[&[f32]], dots: &mut [f32]) {
+        // SAFETY: the caller hands whole rows and probes of `dim` values, and room for
+        // `probes.len()` dots per row.
+        unsafe {
+            match probes.len() {
+                1 => block_n::<1>(rows, dim, probes, dots),
+                2 => block_n::<2>(rows, dim, probes, dots),
+                3 => block_n::<3>(rows, dim, probes, dots),
+                _ => block_n::<4>(rows, dim, probes, dots),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_n<const P: usize>(
+        rows: &[f32],
+        dim: usize,
         probes: &[&[f32]],
-        tops: &mut [TopK],
+        dots: &mut [f32],
     ) {
-        let dim = run.dim;
-        let wide = dim - dim % 16;
-        for (r, row) in run.rows.chunks_exact(dim).enumerate() {
-            let mut acc = [[_mm256_setzero_ps(); 2]; P];
-            let mut d = 0;
-            while d < wide {
-                // SAFETY: d + 16 <= wide <= dim, the length of `row` and of every probe.
-                unsafe {
-                    let g0 = _mm256_loadu_ps(row.as_ptr().add(d));
-                    let g1 = _mm256_loadu_ps(row.as_ptr().add(d + 8));
-                    for p in 0..P {
-                        let q = probes[p].as_ptr().add(d);
-                        acc[p][0] = _mm256_fmadd_ps(g0, _mm256_loadu_ps(q), acc[p][0]);
-                        acc[p][1] = _mm256_fmadd_ps(g1, _mm256_loadu_ps(q.add(8)), acc[p][1]);
+        let n = rows.len() / dim;
+        let row = |r: usize| &rows[r * dim..(r + 1) * dim];
+        let mut r = 0;
+        // Three rows by four probes is twelve accumulators: enough independent FMA chains to
+        // cover the FMA latency, and seven loads for twelve FMAs.
+        // SAFETY (all three calls): every row and probe holds `dim` values and `dots` has
+        // room for P dots per row.
+        while r + 3 <= n {
+            unsafe { tile_n::<3, P>([row(r), row(r + 1), row(r + 2)], probes, dots, n, r) };
+            r += 3;
+        }
+        match n - r {
+            2 => unsafe { tile_n::<2, P>([row(r), row(r + 1)], probes, dots, n, r) },
+            1 => unsafe { tile_n::<1, P>([row(r)], probes, dots, n, r) },
+            _ => {}
+        }
+    }
+
+    /// `R` rows against `P` probes; writes `dots[p * n + first + i]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_n<const R: usize, const P: usize>(
+        rows: [&[f32]; R],
+        probes: &[&[f32]],
+        dots: &mut [f32],
+        n: usize,
+        first: usize,
+    ) {
+        let dim = rows[0].len();
+        let wide = dim - dim % 8;
+        let mut acc = [[_mm256_setzero_ps(); R]; P];
+        let mut d = 0;
+        while d < wide {
+            // SAFETY: d + 8 <= wide <= dim, the length of every row and probe.
+            unsafe {
+                let mut g = [_mm256_setzero_ps(); R];
+                for i in 0..R {
+                    g[i] = _mm256_loadu_ps(rows[i].as_ptr().add(d));
+                }
+                for p in 0..P {
+                    let q = _mm256_loadu_ps(probes[p].as_ptr().add(d));
+                    for i in 0..R {
+                        acc[p][i] = _mm256_fmadd_ps(g[i], q, acc[p][i]);
                     }
                 }
-                d += 16;
             }
-            let slot = run.first_slot + r as u32;
-            for p in 0..P {
-                let mut dot = horizontal_sum(_mm256_add_ps(acc[p][0], acc[p][1]));
-                for i in wide..dim {
-                    dot += row[i] * probes[p][i];
+            d += 8;
+        }
+        for p in 0..P {
+            for i in 0..R {
+                let mut dot = lane_sum(acc[p][i]);
+                for j in wide..dim {
+                    dot += rows[i][j] * probes[p][j];
                 }
-                let key = dot * run.key_scale[r] + run.key_bias[r];
-                if key >= tops[p].floor() {
-                    tops[p].offer(key, slot);
+                dots[p * n + first + i] = dot;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD and scalar kernels keep the same candidates at every batch and dimension.
+    #[test]
+    fn simd_and_portable_kernels_agree() {
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for dim in [1, 5, 8, 13, 16, 64, 130] {
+            let rows: Vec<f32> = (0..37 * dim).map(|_| next()).collect();
+            let probes: Vec<f32> = (0..9 * dim).map(|_| next()).collect();
+            let scale = vec![1.0; 37];
+            let bias = vec![0.0; 37];
+            let run = RowRun {
+                rows: &rows,
+                key_scale: &scale,
+                key_bias: &bias,
+                first_slot: 0,
+                dim,
+            };
+            for batch in 1..=9 {
+                let group: Vec<&[f32]> = probes.chunks(dim).take(batch).collect();
+                let mut fast = vec![TopK::new(37); batch];
+                let mut slow = vec![TopK::new(37); batch];
+                scan(&run, &group, &mut fast);
+                scan_portable(&run, &group, &mut slow);
+                for (f, s) in fast.iter().zip(&slow) {
+                    let slots = |t: &TopK| t.entries().iter().map(|e| e.1).collect::<Vec<_>>();
+                    for (a, b) in f.entries().iter().zip(s.entries()) {
+                        assert!((a.0 - b.0).abs() < 1e-5, "dim {dim} batch {batch}");
+                    }
+                    assert_eq!(slots(f).len(), 37);
                 }
             }
         }
