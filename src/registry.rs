@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -182,12 +182,19 @@ impl Registry {
     /// Makes `change` durable; the answer comes after the commit (and the hook).
     pub async fn apply(&self, change: Change) -> Result<Receipt, RegistryError> {
         let (reply, answer) = oneshot::channel();
-        let writer = self.writer.clone();
-        // The queue is bounded; a full one blocks this task, not the runtime's thread.
-        tokio::task::spawn_blocking(move || writer.send(Pending { change, reply }))
-            .await
-            .map_err(|_| RegistryError::Stopped)?
-            .map_err(|_| RegistryError::Stopped)?;
+        match self.writer.try_send(Pending { change, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(pending)) => {
+                // The writer is behind by a whole queue; wait for room on a blocking thread
+                // rather than stall the runtime's.
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || writer.send(pending))
+                    .await
+                    .map_err(|_| RegistryError::Stopped)?
+                    .map_err(|_| RegistryError::Stopped)?;
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(RegistryError::Stopped),
+        }
         answer.await.map_err(|_| RegistryError::Stopped)?
     }
 
