@@ -122,7 +122,7 @@ pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
 
 /// `gatematch serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), CommandError> {
-    crate::metrics::install(config.metrics.listener())?;
+    let _metrics = crate::metrics::install(config.metrics.listener())?;
     if let Some(addr) = config.metrics.listener() {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
@@ -264,7 +264,7 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
             listen: addr,
         };
     }
-    crate::metrics::install(config.metrics.listener())?;
+    let metrics = crate::metrics::install(config.metrics.listener())?;
     let running = start(&config)?;
     println!(
         "appliance listening on {} (QUIC, mutual TLS); registry {}",
@@ -329,6 +329,12 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
     );
     let mixed = simulate::run(traffic).await?;
     println!("{mixed}");
+    println!("from the appliance's own metrics (gatematch_requests_total):");
+    for line in metrics.render().lines() {
+        if line.starts_with(crate::metrics::REQUESTS) {
+            println!("  {line}");
+        }
+    }
     running.stop().await;
     if options.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests answered, by `operation`, `outcome` and `reason` (counter).
 pub const REQUESTS: &str = "gatematch_requests_total";
@@ -50,25 +50,31 @@ const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// Installs the global recorder and, when `listen` is given, its HTTP `/metrics` listener.
-/// Must run inside a Tokio runtime.
-pub fn install(listen: Option<SocketAddr>) -> Result<(), BuildError> {
+/// Installs the global recorder and, when `listen` is given, its HTTP `/metrics` listener;
+/// returns a handle that renders the same text the listener serves. Must run inside a Tokio
+/// runtime, once per process.
+pub fn install(listen: Option<SocketAddr>) -> Result<PrometheusHandle, BuildError> {
     let mut builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), COUNT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(COMMIT_SIZE.into()), COUNT_BUCKETS)?;
-    builder = match listen {
-        Some(addr) => builder.with_http_listener(addr),
-        None => builder,
-    };
-    match listen {
-        Some(_) => builder.install()?,
-        None => {
-            builder.install_recorder()?;
+    let handle = match listen {
+        Some(addr) => {
+            builder = builder.with_http_listener(addr);
+            let (recorder, exporter) = builder.build()?;
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)?;
+            tokio::spawn(async move {
+                if let Err(error) = exporter.await {
+                    tracing::error!(?error, "metrics listener stopped");
+                }
+            });
+            handle
         }
-    }
+        None => builder.install_recorder()?,
+    };
     describe();
-    Ok(())
+    Ok(handle)
 }
 
 fn describe() {
