@@ -39,8 +39,11 @@ pub struct ScoreBenchResult {
     pub queries_per_s: f64,
     /// Probe-template comparisons per second.
     pub comparisons_per_s: f64,
-    /// Gallery bytes read per second (one pass per call).
+    /// Gallery bytes the scan read per second (one pass per call, in the stored format the
+    /// backend scans for this batch size).
     pub gallery_bytes_per_s: f64,
+    /// Bytes per stored value in that format.
+    pub bytes_per_value: usize,
     /// Median call time.
     pub median_call: Duration,
     /// Timed calls (the warm-up call excluded).
@@ -81,6 +84,7 @@ pub fn score(backend: &dyn Backend, threads: usize, bench: ScoreBench) -> ScoreB
     }
     calls.sort();
     let median_call = calls[calls.len() / 2];
+    let bytes_per_value = backend.scan_bytes_per_value(shard, bench.batch);
     let per_s = 1.0 / median_call.as_secs_f64().max(1e-12);
     ScoreBenchResult {
         bench,
@@ -88,7 +92,8 @@ pub fn score(backend: &dyn Backend, threads: usize, bench: ScoreBench) -> ScoreB
         threads,
         queries_per_s: bench.batch as f64 * per_s,
         comparisons_per_s: (bench.batch * bench.gallery) as f64 * per_s,
-        gallery_bytes_per_s: (bench.gallery * bench.dimension * 4) as f64 * per_s,
+        gallery_bytes_per_s: (bench.gallery * bench.dimension * bytes_per_value) as f64 * per_s,
+        bytes_per_value,
         median_call,
         calls: calls.len(),
     }
@@ -99,7 +104,8 @@ impl fmt::Display for ScoreBenchResult {
         write!(
             f,
             "score backend={} n={} dim={} batch={} k={} threads={} queries_per_s={:.1} \
-             comparisons_per_s={:.4e} gallery_gb_per_s={:.2} median_call_ms={:.3} calls={}",
+             comparisons_per_s={:.4e} scan_bytes_per_value={} gallery_gb_per_s={:.2} \
+             median_call_ms={:.3} calls={}",
             self.backend,
             self.bench.gallery,
             self.bench.dimension,
@@ -108,6 +114,7 @@ impl fmt::Display for ScoreBenchResult {
             self.threads,
             self.queries_per_s,
             self.comparisons_per_s,
+            self.bytes_per_value,
             self.gallery_bytes_per_s / 1e9,
             self.median_call.as_secs_f64() * 1e3,
             self.calls,

@@ -176,3 +176,59 @@ fn a_probe_of_the_wrong_shape_is_refused() {
     let g = gallery(5, 8, Measure::Cosine, 1);
     assert!(engine.identify(&g.shards()[0], &[0.0; 9], 1).is_err());
 }
+
+#[test]
+fn near_ties_below_f16_resolution_fall_back_to_f32_and_stay_exact() {
+    // Rows that differ by less than f16 can tell apart (but f32 can): the f16 scan cannot prove its
+    // candidates, so the engine must scan again in f32 and still match the reference.
+    let engine = CpuEngine::new(2);
+    let dimension = 64;
+    let spec = ModelSpec {
+        id: "m".into(),
+        dimension,
+        measure: Measure::Cosine,
+        threshold: 0.0,
+    };
+    let mut g = Gallery::new(vec![spec]);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let base: Vec<f32> = (0..dimension)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    for i in 0..500 {
+        let v: Vec<f32> = base
+            .iter()
+            .map(|x| x + rng.random_range(-1e-4..1e-4))
+            .collect();
+        g.add(&format!("twin{i}"), "m", &v).unwrap();
+    }
+    let shard = &g.shards()[0];
+    let probe: Vec<f32> = (0..dimension)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let before = engine.f32_rescans();
+    let got = engine.identify(shard, &probe, 5).unwrap().remove(0);
+    assert!(
+        engine.f32_rescans() > before,
+        "the f16 scan must not claim an unprovable ranking"
+    );
+    let want = reference_identify(shard, &probe, 5);
+    assert_eq!(
+        got.iter().map(|c| c.slot).collect::<Vec<_>>(),
+        want.iter().map(|c| c.slot).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn random_galleries_rarely_need_the_f32_rescan() {
+    let engine = CpuEngine::new(2);
+    let g = gallery(50_000, 128, Measure::Cosine, 3);
+    let p = probes(4, 128, 5);
+    for _ in 0..5 {
+        engine.identify(&g.shards()[0], &p, 10).unwrap();
+    }
+    assert_eq!(
+        engine.f32_rescans(),
+        0,
+        "well-separated scores are proven from the f16 scan"
+    );
+}

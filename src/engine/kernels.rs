@@ -26,10 +26,49 @@ pub const PROBES_PER_TILE: usize = 4;
 /// the batch passes over it.
 const BLOCK_BYTES: usize = 128 * 1024;
 
+/// Row-major gallery values in one of the stored formats.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// The canonical f32 rows.
+    F32(&'a [f32]),
+    /// The f16 copy, as IEEE half-precision bits: half the bytes for bandwidth-bound scans.
+    F16(&'a [u16]),
+}
+
+impl<'a> Rows<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
+        }
+    }
+
+    fn range(&self, start: usize, end: usize) -> Rows<'a> {
+        match *self {
+            Rows::F32(v) => Rows::F32(&v[start..end]),
+            Rows::F16(v) => Rows::F16(&v[start..end]),
+        }
+    }
+
+    fn value(&self, i: usize) -> f32 {
+        match self {
+            Rows::F32(v) => v[i],
+            Rows::F16(v) => f32::from(half::f16::from_bits(v[i])),
+        }
+    }
+
+    fn bytes_per_value(&self) -> usize {
+        match self {
+            Rows::F32(_) => 4,
+            Rows::F16(_) => 2,
+        }
+    }
+}
+
 /// The gallery rows a scan covers, with their rank keys.
 pub struct RowRun<'a> {
     /// Row-major templates, `dim` values each.
-    pub rows: &'a [f32],
+    pub rows: Rows<'a>,
     /// Rank-key scale per row.
     pub key_scale: &'a [f32],
     /// Rank-key bias per row.
@@ -45,7 +84,9 @@ pub fn scan(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK]) {
     debug_assert_eq!(probes.len(), tops.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
             // SAFETY: the features the kernel is compiled for were detected just above.
             scan_blocked(run, probes, tops, x86::block);
@@ -63,19 +104,19 @@ pub fn scan_portable(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK]) {
 
 /// Dot products of `rows` (row-major, `dim` values each) with up to [`PROBES_PER_TILE`]
 /// probes, written to `dots[p * row_count + r]`.
-type BlockFn = unsafe fn(&[f32], usize, &[&[f32]], &mut [f32]);
+type BlockFn = unsafe fn(Rows<'_>, usize, &[&[f32]], &mut [f32]);
 
 #[inline(always)]
 fn scan_blocked(run: &RowRun<'_>, probes: &[&[f32]], tops: &mut [TopK], block_fn: BlockFn) {
     let dim = run.dim;
     let rows = run.rows.len() / dim;
-    let block_rows = (BLOCK_BYTES / (4 * dim)).max(8);
+    let block_rows = (BLOCK_BYTES / (run.rows.bytes_per_value() * dim)).max(8);
     let mut dots = vec![0f32; PROBES_PER_TILE * block_rows];
     let mut block = 0;
     while block < rows {
         let end = (block + block_rows).min(rows);
         let n = end - block;
-        let block_values = &run.rows[block * dim..end * dim];
+        let block_values = run.rows.range(block * dim, end * dim);
         let scale = &run.key_scale[block..end];
         let bias = &run.key_bias[block..end];
         for (group, group_tops) in probes
@@ -112,11 +153,11 @@ fn offer_keys(dots: &[f32], scale: &[f32], bias: &[f32], first_slot: u32, top: &
 }
 
 /// The scalar block kernel.
-fn block_portable(rows: &[f32], dim: usize, probes: &[&[f32]], dots: &mut [f32]) {
+fn block_portable(rows: Rows<'_>, dim: usize, probes: &[&[f32]], dots: &mut [f32]) {
     let n = rows.len() / dim;
     for (p, probe) in probes.iter().enumerate() {
-        for (r, row) in rows.chunks_exact(dim).enumerate() {
-            dots[p * n + r] = row.iter().zip(probe.iter()).map(|(a, b)| a * b).sum();
+        for r in 0..n {
+            dots[p * n + r] = (0..dim).map(|i| rows.value(r * dim + i) * probe[i]).sum();
         }
     }
 }
@@ -125,9 +166,11 @@ fn block_portable(rows: &[f32], dim: usize, probes: &[&[f32]], dots: &mut [f32])
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::Rows;
+
     /// Sum of the eight lanes.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn lane_sum(v: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
@@ -135,56 +178,109 @@ mod x86 {
     }
 
     /// A block of rows against up to four probes (see [`super::BlockFn`]).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block(rows: &[f32], dim: usize, probes: &[&[f32]], dots: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn block(rows: Rows<'_>, dim: usize, probes: &[&[f32]], dots: &mut [f32]) {
         // SAFETY: the caller hands whole rows and probes of `dim` values, and room for
         // `probes.len()` dots per row.
         unsafe {
-            match probes.len() {
-                1 => block_n::<1>(rows, dim, probes, dots),
-                2 => block_n::<2>(rows, dim, probes, dots),
-                3 => block_n::<3>(rows, dim, probes, dots),
-                _ => block_n::<4>(rows, dim, probes, dots),
+            match (rows, probes.len()) {
+                (Rows::F32(r), 1) => {
+                    block_n::<1, false>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
+                (Rows::F32(r), 2) => {
+                    block_n::<2, false>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
+                (Rows::F32(r), 3) => {
+                    block_n::<3, false>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
+                (Rows::F32(r), _) => {
+                    block_n::<4, false>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
+                (Rows::F16(r), 1) => {
+                    block_n::<1, true>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
+                (Rows::F16(r), 2) => {
+                    block_n::<2, true>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
+                (Rows::F16(r), 3) => {
+                    block_n::<3, true>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
+                (Rows::F16(r), _) => {
+                    block_n::<4, true>(r.as_ptr().cast(), r.len(), dim, probes, dots)
+                }
             }
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_n<const P: usize>(
-        rows: &[f32],
+    /// `values` values at `base`: f32, or f16 bits when `HALF`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_n<const P: usize, const HALF: bool>(
+        base: *const u8,
+        values: usize,
         dim: usize,
         probes: &[&[f32]],
         dots: &mut [f32],
     ) {
-        let n = rows.len() / dim;
-        let row = |r: usize| &rows[r * dim..(r + 1) * dim];
+        let n = values / dim;
+        let width = if HALF { 2 } else { 4 };
+        // SAFETY: row r starts r·dim values past `base` and r < n = values / dim.
+        let row = |r: usize| unsafe { base.add(r * dim * width) };
         let mut r = 0;
         // Three rows by four probes is twelve accumulators: enough independent FMA chains to
         // cover the FMA latency, and seven loads for twelve FMAs.
         // SAFETY (all three calls): every row and probe holds `dim` values and `dots` has
         // room for P dots per row.
         while r + 3 <= n {
-            unsafe { tile_n::<3, P>([row(r), row(r + 1), row(r + 2)], probes, dots, n, r) };
+            unsafe {
+                tile_n::<3, P, HALF>([row(r), row(r + 1), row(r + 2)], dim, probes, dots, n, r)
+            };
             r += 3;
         }
         match n - r {
-            2 => unsafe { tile_n::<2, P>([row(r), row(r + 1)], probes, dots, n, r) },
-            1 => unsafe { tile_n::<1, P>([row(r)], probes, dots, n, r) },
+            2 => unsafe { tile_n::<2, P, HALF>([row(r), row(r + 1)], dim, probes, dots, n, r) },
+            1 => unsafe { tile_n::<1, P, HALF>([row(r)], dim, probes, dots, n, r) },
             _ => {}
+        }
+    }
+
+    /// Eight values of a row, widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<const HALF: bool>(row: *const u8, d: usize) -> __m256 {
+        // SAFETY: the caller keeps d + 8 within the row.
+        unsafe {
+            if HALF {
+                _mm256_cvtph_ps(_mm_loadu_si128(row.cast::<u16>().add(d).cast()))
+            } else {
+                _mm256_loadu_ps(row.cast::<f32>().add(d))
+            }
+        }
+    }
+
+    /// One value of a row, widened to f32.
+    #[inline]
+    unsafe fn load1<const HALF: bool>(row: *const u8, d: usize) -> f32 {
+        // SAFETY: the caller keeps d within the row.
+        unsafe {
+            if HALF {
+                f32::from(half::f16::from_bits(*row.cast::<u16>().add(d)))
+            } else {
+                *row.cast::<f32>().add(d)
+            }
         }
     }
 
     /// `R` rows against `P` probes; writes `dots[p * n + first + i]`.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_n<const R: usize, const P: usize>(
-        rows: [&[f32]; R],
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_n<const R: usize, const P: usize, const HALF: bool>(
+        rows: [*const u8; R],
+        dim: usize,
         probes: &[&[f32]],
         dots: &mut [f32],
         n: usize,
         first: usize,
     ) {
-        let dim = rows[0].len();
         let wide = dim - dim % 8;
         let mut acc = [[_mm256_setzero_ps(); R]; P];
         let mut d = 0;
@@ -193,7 +289,7 @@ mod x86 {
             unsafe {
                 let mut g = [_mm256_setzero_ps(); R];
                 for i in 0..R {
-                    g[i] = _mm256_loadu_ps(rows[i].as_ptr().add(d));
+                    g[i] = load8::<HALF>(rows[i], d);
                 }
                 for p in 0..P {
                     let q = _mm256_loadu_ps(probes[p].as_ptr().add(d));
@@ -208,7 +304,8 @@ mod x86 {
             for i in 0..R {
                 let mut dot = lane_sum(acc[p][i]);
                 for j in wide..dim {
-                    dot += rows[i][j] * probes[p][j];
+                    // SAFETY: j < dim.
+                    dot += unsafe { load1::<HALF>(rows[i], j) } * probes[p][j];
                 }
                 dots[p * n + first + i] = dot;
             }
@@ -233,25 +330,30 @@ mod tests {
             let probes: Vec<f32> = (0..9 * dim).map(|_| next()).collect();
             let scale = vec![1.0; 37];
             let bias = vec![0.0; 37];
-            let run = RowRun {
-                rows: &rows,
-                key_scale: &scale,
-                key_bias: &bias,
-                first_slot: 0,
-                dim,
-            };
-            for batch in 1..=9 {
-                let group: Vec<&[f32]> = probes.chunks(dim).take(batch).collect();
-                let mut fast = vec![TopK::new(37); batch];
-                let mut slow = vec![TopK::new(37); batch];
-                scan(&run, &group, &mut fast);
-                scan_portable(&run, &group, &mut slow);
-                for (f, s) in fast.iter().zip(&slow) {
-                    let slots = |t: &TopK| t.entries().iter().map(|e| e.1).collect::<Vec<_>>();
-                    for (a, b) in f.entries().iter().zip(s.entries()) {
-                        assert!((a.0 - b.0).abs() < 1e-5, "dim {dim} batch {batch}");
+            let halves: Vec<u16> = rows
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
+            for stored in [Rows::F32(&rows), Rows::F16(&halves)] {
+                let run = RowRun {
+                    rows: stored,
+                    key_scale: &scale,
+                    key_bias: &bias,
+                    first_slot: 0,
+                    dim,
+                };
+                for batch in 1..=9 {
+                    let group: Vec<&[f32]> = probes.chunks(dim).take(batch).collect();
+                    let mut fast = vec![TopK::new(37); batch];
+                    let mut slow = vec![TopK::new(37); batch];
+                    scan(&run, &group, &mut fast);
+                    scan_portable(&run, &group, &mut slow);
+                    for (f, s) in fast.iter().zip(&slow) {
+                        assert_eq!(f.entries().len(), 37);
+                        for (a, b) in f.entries().iter().zip(s.entries()) {
+                            assert!((a.0 - b.0).abs() < 1e-5, "dim {dim} batch {batch}");
+                        }
                     }
-                    assert_eq!(slots(f).len(), 37);
                 }
             }
         }

@@ -158,6 +158,13 @@ pub trait Backend: Send + Sync {
         k: usize,
     ) -> Result<Vec<Vec<Candidate>>, EngineError>;
 
+    /// Bytes of gallery storage one value occupies in the scan this backend runs for a batch
+    /// of `batch` probes (for bandwidth figures).
+    fn scan_bytes_per_value(&self, shard: &Shard, batch: usize) -> usize {
+        let _ = (shard, batch);
+        4
+    }
+
     /// For each probe, its score against each slot in `slots[i]`, in the same order.
     fn verify(
         &self,

@@ -14,6 +14,11 @@
 //! * a free slot: `scale = 0`, `bias = −∞`, so it never ranks.
 //!
 //! Higher keys are better for both measures, which keeps one scan loop for both.
+//!
+//! Beside the canonical f32 rows each shard keeps an f16 copy (IEEE half precision, half the
+//! bytes). A scan of few probes is bound by memory bandwidth, so it reads the f16 copy and
+//! re-scores its candidates from the f32 rows; [`Shard::f16_key_error`] bounds what the
+//! rounding can do to a key, which lets the engine prove its ranking exact or fall back to f32.
 
 pub mod snapshot;
 
@@ -40,6 +45,10 @@ pub struct ModelSpec {
 pub struct Shard {
     spec: ModelSpec,
     rows: Vec<f32>,
+    rows_f16: Vec<u16>,
+    max_norm: f32,
+    min_norm: f32,
+    f16_in_range: bool,
     norms_sq: Vec<f32>,
     key_scale: Vec<f32>,
     key_bias: Vec<f32>,
@@ -57,6 +66,10 @@ impl Shard {
         Shard {
             spec,
             rows: Vec::new(),
+            rows_f16: Vec::new(),
+            max_norm: 0.0,
+            min_norm: f32::INFINITY,
+            f16_in_range: true,
             norms_sq: Vec::new(),
             key_scale: Vec::new(),
             key_bias: Vec::new(),
@@ -94,6 +107,39 @@ impl Shard {
     /// The row-major block of all slots (free slots hold stale values; their key never ranks).
     pub fn rows(&self) -> &[f32] {
         &self.rows
+    }
+
+    /// The f16 copy of [`Shard::rows`], as raw IEEE half-precision bits.
+    pub fn rows_f16(&self) -> &[u16] {
+        &self.rows_f16
+    }
+
+    /// Whether every stored value fits f16's range, so the f16 copy can stand in for a scan.
+    pub fn f16_usable(&self) -> bool {
+        self.f16_in_range
+    }
+
+    /// An upper bound on how far a rank key computed from the f16 copy can be from the key
+    /// computed exactly, for a probe with Euclidean norm `probe_norm`.
+    ///
+    /// Rounding to f16 moves each value by at most 2⁻¹¹ of itself (or 2⁻²⁵ absolute below
+    /// f16's normal range), so by Cauchy–Schwarz the dot product moves by at most
+    /// `2⁻¹¹ |p| |g| + 2⁻²⁵ |p|₁`; the key scale is `1/|g|` (cosine) or 1 (Euclidean). A
+    /// further `dim · 2⁻²³ |p| |g|` covers the f32 accumulation; norms are bounded by the
+    /// largest (and, for cosine, smallest non-zero) ever stored in the shard.
+    pub fn f16_key_error(&self, probe_norm: f32, probe_l1: f32) -> f32 {
+        let scale_times_norm = match self.spec.measure {
+            Measure::Cosine => 1.0,
+            Measure::Euclidean => self.max_norm,
+        };
+        // Values below f16's normal range round to an absolute 2⁻²⁵; under cosine the key
+        // divides that by |g|, bounded by the smallest norm ever stored.
+        let tiny = match self.spec.measure {
+            Measure::Cosine => probe_l1 * 2f32.powi(-25) / self.min_norm,
+            Measure::Euclidean => probe_l1 * 2f32.powi(-25),
+        };
+        2.0 * (probe_norm * scale_times_norm * 2f32.powi(-11) + tiny)
+            + probe_norm * scale_times_norm * self.spec.dimension as f32 * 2f32.powi(-23)
     }
 
     /// The template in `slot`.
@@ -136,6 +182,8 @@ impl Shard {
             None => {
                 let slot = self.owners.len() as u32;
                 self.rows.resize(self.rows.len() + self.spec.dimension, 0.0);
+                self.rows_f16
+                    .resize(self.rows_f16.len() + self.spec.dimension, 0);
                 self.norms_sq.push(0.0);
                 self.key_scale.push(0.0);
                 self.key_bias.push(f32::NEG_INFINITY);
@@ -146,7 +194,17 @@ impl Shard {
         let i = slot as usize;
         let d = self.spec.dimension;
         self.rows[i * d..(i + 1) * d].copy_from_slice(template);
+        for (half, &v) in self.rows_f16[i * d..(i + 1) * d].iter_mut().zip(template) {
+            *half = half::f16::from_f32(v).to_bits();
+        }
+        if template.iter().any(|v| v.abs() > f32::from(half::f16::MAX)) {
+            self.f16_in_range = false;
+        }
         let norm_sq: f32 = template.iter().map(|v| v * v).sum();
+        self.max_norm = self.max_norm.max(norm_sq.sqrt());
+        if norm_sq > 0.0 {
+            self.min_norm = self.min_norm.min(norm_sq.sqrt());
+        }
         self.norms_sq[i] = norm_sq;
         (self.key_scale[i], self.key_bias[i]) = match self.spec.measure {
             Measure::Cosine if norm_sq > 0.0 => (1.0 / norm_sq.sqrt(), 0.0),
