@@ -303,9 +303,9 @@ mod x86 {
         for p in 0..P {
             for i in 0..R {
                 let mut dot = lane_sum(acc[p][i]);
-                for j in wide..dim {
+                for (j, &q) in probes[p].iter().enumerate().take(dim).skip(wide) {
                     // SAFETY: j < dim.
-                    dot += unsafe { load1::<HALF>(rows[i], j) } * probes[p][j];
+                    dot += unsafe { load1::<HALF>(rows[i], j) } * q;
                 }
                 dots[p * n + first + i] = dot;
             }
