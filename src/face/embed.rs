@@ -258,7 +258,8 @@ pub fn open_cpu_network(model_path: &Path, threads: usize) -> Result<CpuNetwork,
 ///
 /// `regions` is empty (every image is a crop), holds one region for all images, or one per
 /// image. Stops at the first image that cannot be read, decoded or cut, naming it; what was
-/// emitted before stays emitted. Returns the number of images described.
+/// emitted before stays emitted; an error from `emit` stops it too. Returns the number of
+/// images described.
 pub fn embed_files<E>(
     network: &CpuNetwork,
     images: &[PathBuf],
@@ -267,7 +268,7 @@ pub fn embed_files<E>(
     mut emit: E,
 ) -> Result<usize, EmbedError>
 where
-    E: FnMut(Embedding) -> Result<(), EmbedError>,
+    E: FnMut(Embedding) -> std::io::Result<()>,
 {
     let region_of = |i: usize| match regions.len() {
         0 => Ok(&FaceRegion::Whole),
@@ -280,7 +281,9 @@ where
     };
     let mut batch = FaceBatch::with_capacity(MAX_FACES_PER_PASS.min(images.len()));
     let mut boxes = Vec::with_capacity(MAX_FACES_PER_PASS);
-    for (start, chunk) in (0..).step_by(MAX_FACES_PER_PASS).zip(images.chunks(MAX_FACES_PER_PASS))
+    for (start, chunk) in (0..)
+        .step_by(MAX_FACES_PER_PASS)
+        .zip(images.chunks(MAX_FACES_PER_PASS))
     {
         batch.clear();
         boxes.clear();
@@ -301,7 +304,8 @@ where
                 image: path.clone(),
                 face_box: *face_box,
                 descriptor,
-            })?;
+            })
+            .map_err(|source| EmbedError::Write { source })?;
         }
     }
     Ok(images.len())
@@ -343,8 +347,11 @@ mod tests {
     fn landmarks_parse_in_every_accepted_form() {
         let pairs: Vec<[f64; 2]> = (0..68).map(|i| [f64::from(i), 2.0]).collect();
         let bare = serde_json::to_string(&pairs).unwrap();
-        let object = format!(r#"{{"landmarks": {bare}, "landmarks_frame": {{"width": 7, "height": 9}}}}"#);
-        let named: Vec<String> = (0..68).map(|i| format!(r#"{{"x": {i}, "y": 2}}"#)).collect();
+        let object =
+            format!(r#"{{"landmarks": {bare}, "landmarks_frame": {{"width": 7, "height": 9}}}}"#);
+        let named: Vec<String> = (0..68)
+            .map(|i| format!(r#"{{"x": {i}, "y": 2}}"#))
+            .collect();
         let named = format!(r#"{{"landmarks": [{}], "extra": true}}"#, named.join(","));
 
         let from_bare = Landmarks::from_json(bare.as_bytes()).unwrap();
@@ -370,7 +377,10 @@ mod tests {
         assert!(Backend::Cpu.require_available().is_ok());
         let gpu = "gpu".parse::<Backend>().unwrap();
         let err = gpu.require_available().unwrap_err().to_string();
-        assert!(err.contains("gpu") && err.contains("--backend cpu"), "{err}");
+        assert!(
+            err.contains("gpu") && err.contains("--backend cpu"),
+            "{err}"
+        );
         assert!(matches!(
             "tpu".parse::<Backend>(),
             Err(EmbedError::UnknownBackend { .. })

@@ -245,11 +245,7 @@ fn read_attributes(loc: &Location, path: &Path) -> Result<ModelInfo, ModelError>
     Ok(info)
 }
 
-fn read_scalar<T: hdf5::H5Type>(
-    loc: &Location,
-    name: &str,
-    path: &Path,
-) -> Result<T, ModelError> {
+fn read_scalar<T: hdf5::H5Type>(loc: &Location, name: &str, path: &Path) -> Result<T, ModelError> {
     loc.attr(name)
         .and_then(|a| a.read_scalar::<T>())
         .map_err(|e| ModelError::Attribute {

@@ -1,7 +1,9 @@
 //! The production CPU path: folded weights, tiled im2col + GEMM convolutions, a private thread
 //! pool of a chosen size.
 
-use crate::face::model::{ARCHITECTURE, BlockKind, DESCRIPTOR_DIM, FaceModel, INPUT_SIZE, conv_specs};
+use crate::face::model::{
+    ARCHITECTURE, BlockKind, DESCRIPTOR_DIM, FaceModel, INPUT_SIZE, conv_specs,
+};
 use crate::face::preprocess::FaceBatch;
 use crate::face::preprocess::crop::INPUT_LEN;
 

@@ -132,6 +132,12 @@ pub enum EmbedError {
         /// The name given.
         backend: String,
     },
+    /// The output could not be written.
+    #[error("cannot write the output: {source}")]
+    Write {
+        /// The operating-system error.
+        source: std::io::Error,
+    },
     /// A thread count of zero was asked for.
     #[error("thread count must be at least 1")]
     ZeroThreads,

@@ -2,7 +2,9 @@
 //! convolution is a direct loop nest, followed by the separate bias add, scale step and ReLU.
 //! It is the oracle the fast path is tested against; use [`super::CpuNetwork`] to serve.
 
-use crate::face::model::{ARCHITECTURE, BlockKind, ConvSpec, DESCRIPTOR_DIM, FaceModel, INPUT_SIZE};
+use crate::face::model::{
+    ARCHITECTURE, BlockKind, ConvSpec, DESCRIPTOR_DIM, FaceModel, INPUT_SIZE,
+};
 use crate::face::preprocess::FaceBatch;
 
 use super::Descriptor;
