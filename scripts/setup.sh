@@ -20,3 +20,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install a Rust toolchain (1.89 or newer) first" >&2
   exit 1
 fi
+
+# The face models (MODEL.md): npm pack of @vladmandic/face-api, SHA-256 checked, into models/.
+# Does nothing when they are already there and verified.
+if ! command -v npm >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing npm (the face models come from the npm registry)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm
+fi
+"$(dirname "$0")/fetch-model.sh"

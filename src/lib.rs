@@ -4,7 +4,7 @@
 //! (1:1), identify (1:N) or erase travellers. [`flows`] makes those decisions over the
 //! durable [`registry`], the in-memory [`gallery`] and the batched compute of [`engine`].
 //! [`metrics`] names every Prometheus series; [`gate`] plays gates for the demo and the
-//! capacity benchmark.
+//! capacity benchmark. [`face`] turns face photos into descriptors (CPU only so far).
 //!
 //! # Glossary
 //!
@@ -21,6 +21,7 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod face;
 pub mod flows;
 pub mod gallery;
 pub mod gate;

@@ -109,6 +109,14 @@ enum Command {
         #[arg(long, default_value_t = 0.1)]
         impostors: f64,
     },
+    /// Converts the published face network into gatematch's model file, or checks one.
+    Model {
+        #[command(subcommand)]
+        what: ModelCommand,
+    },
+    /// Prints the face descriptor of each image, one JSON object per line (`image`, `box`,
+    /// `backend`, `descriptor`).
+    Embed(EmbedArgs),
     /// Times the engine alone.
     Bench {
         #[command(subcommand)]
@@ -145,6 +153,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Face descriptors per second of the face network, on synthetic input.
+    Embed(BenchEmbedArgs),
     /// 1:N scoring of a batch of probes against a random gallery.
     Score {
         /// Gallery templates.
@@ -169,6 +179,76 @@ enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         backend: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Converts the TF.js face descriptor network (from scripts/fetch-model.sh) into one HDF5
+    /// model file.
+    Import {
+        /// The network's TF.js weights manifest; its .bin must be beside it.
+        #[arg(
+            long,
+            default_value = "models/face-api-1.7.15/face_recognition_model-weights_manifest.json"
+        )]
+        manifest: PathBuf,
+        /// The model file to write (replaced if present).
+        #[arg(long, default_value = "models/face.h5")]
+        out: PathBuf,
+    },
+    /// Loads a model file, checks every tensor and the weights digest, prints its metadata.
+    Check {
+        /// The model file.
+        #[arg(default_value = "models/face.h5")]
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct EmbedArgs {
+    /// JPEG or PNG images, one face each.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// The face's box X,Y,W,H in image pixels (MODEL.md step 1), clipped at the image's
+    /// borders; once for all images or once per image. Without --box or --landmarks the whole
+    /// image is the crop.
+    #[arg(long = "box", value_name = "X,Y,W,H", conflicts_with = "landmarks")]
+    boxes: Vec<gatematch::face::FaceBox>,
+    /// A JSON file of the face's 68 landmarks in image pixels; once for all images or once per
+    /// image.
+    #[arg(long, value_name = "FILE.json")]
+    landmarks: Vec<PathBuf>,
+    /// The model file made by `gatematch model import`.
+    #[arg(long, default_value = "models/face.h5")]
+    model: PathBuf,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// The backend: cpu (gpu is refused until its WGSL path exists).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+#[derive(clap::Args)]
+struct BenchEmbedArgs {
+    /// The backend: cpu (gpu is refused until its WGSL path exists).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Faces per call; a comma-separated list prints one line each.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Timed seconds per line, split into --runs runs; the median run's rate is printed.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Timed runs per line.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// The model file made by `gatematch model import`.
+    #[arg(long, default_value = "models/face.h5")]
+    model: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -233,8 +313,85 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command))
 }
 
+/// `gatematch model import` and `gatematch model check`.
+fn model_command(what: ModelCommand) -> anyhow::Result<()> {
+    use gatematch::face::model::file;
+
+    match what {
+        ModelCommand::Import { manifest, out } => {
+            let model = file::import_tfjs(&manifest, &out)?;
+            let parameters = model.parameter_count();
+            println!("wrote {} ({parameters} parameters)", out.display());
+        }
+        ModelCommand::Check { file: path } => {
+            let model = file::load_model(&path)?;
+            let info = model.info();
+            println!(
+                "{}: {}, input {}x{}, output {}, {} distance, threshold {}, weights sha256 {}",
+                path.display(),
+                info.architecture,
+                info.input_size,
+                info.input_size,
+                info.output_dim,
+                info.distance,
+                info.default_threshold,
+                file::weights_digest(&model)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gatematch embed`: one JSON line per image on stdout.
+fn embed_command(args: EmbedArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    use gatematch::face::embed::{self, Backend, FaceRegion, Landmarks};
+    use gatematch::face::preprocess::DecodeLimits;
+
+    args.backend.parse::<Backend>()?.require_available()?;
+    let regions: Vec<FaceRegion> = if args.landmarks.is_empty() {
+        args.boxes.into_iter().map(FaceRegion::Box).collect()
+    } else {
+        let read = |path: &PathBuf| Landmarks::read(path).map(FaceRegion::Landmarks);
+        args.landmarks.iter().map(read).collect::<Result<_, _>>()?
+    };
+    let network = embed::open_cpu_network(&args.model, args.threads)?;
+    let mut out = std::io::stdout().lock();
+    let limits = DecodeLimits::default();
+    embed::embed_files(&network, &args.images, &regions, &limits, |embedding| {
+        writeln!(out, "{}", embedding.to_json_line())
+    })?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `gatematch bench embed`: one line per batch size.
+fn bench_embed(args: BenchEmbedArgs) -> anyhow::Result<()> {
+    use gatematch::face::{bench, embed};
+
+    args.backend
+        .parse::<embed::Backend>()?
+        .require_available()?;
+    let seconds = args.seconds;
+    if args.batch.contains(&0) || args.runs == 0 || !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--batch, --runs and --seconds must be positive");
+    }
+    let run_length = Duration::from_secs_f64(seconds / args.runs as f64);
+    let network = embed::open_cpu_network(&args.model, args.threads)?;
+    for batch in args.batch {
+        println!("{}", bench::measure(&network, batch, args.runs, run_length));
+    }
+    Ok(())
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Model { what } => model_command(what)?,
+        Command::Embed(args) => tokio::task::spawn_blocking(move || embed_command(args)).await??,
+        Command::Bench {
+            what: BenchCommand::Embed(args),
+        } => tokio::task::spawn_blocking(move || bench_embed(args)).await??,
         Command::Serve {
             config,
             listen,

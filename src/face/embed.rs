@@ -1,0 +1,398 @@
+//! The face pipeline driven from files, as `gatematch embed` runs it: read and decode each
+//! image within [`DecodeLimits`], find its face region, compute the descriptors in batches of
+//! up to [`MAX_FACES_PER_PASS`] and hand back one [`Embedding`] per image, in order.
+//!
+//! A face region is a box in image pixels (step 1 of MODEL.md's preprocessing, done by the
+//! caller), 68 landmarks from which that box is computed, or nothing: then the whole image is
+//! the crop (a ready 150×150 crop passes through unchanged).
+//!
+//! A landmarks file is JSON, either a bare array of 68 points or an object with a `landmarks`
+//! array and an optional `frame` (alias `landmarks_frame`) `{"width": W, "height": H}`; a
+//! point is `[x, y]` or `{"x": x, "y": y}`. Other fields are ignored, so a face object of the
+//! reference fixture (`tests/fixtures/face/reference.json`) is a landmarks file as it stands.
+//! The frame is the region the landmarks were detected in; the reference limits the box by its
+//! size (see [`descriptor_box`]). Without one, the image's size is used.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::file::load_model;
+use super::network::{CpuNetwork, Descriptor, EmbedError, MAX_FACES_PER_PASS};
+use super::preprocess::{
+    DecodeLimits, FaceBatch, FaceBox, ImageError, Point, RgbImage, decode_image, descriptor_box,
+};
+
+/// Largest landmarks file accepted, in bytes (68 points take about 3 KB).
+const MAX_LANDMARKS_BYTES: u64 = 1 << 20;
+
+/// Where the descriptors are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// [`CpuNetwork`].
+    Cpu,
+    /// The WGSL network (not written yet: refused by [`Backend::require_available`]).
+    Gpu,
+}
+
+impl Backend {
+    /// The backend's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+        }
+    }
+
+    /// `Ok` for a backend this build can run.
+    pub fn require_available(self) -> Result<(), EmbedError> {
+        match self {
+            Self::Cpu => Ok(()),
+            Self::Gpu => Err(EmbedError::BackendUnavailable {
+                backend: self.name().to_owned(),
+            }),
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = EmbedError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "cpu" => Ok(Self::Cpu),
+            "gpu" => Ok(Self::Gpu),
+            other => Err(EmbedError::UnknownBackend {
+                backend: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// 68 landmarks of one face in image pixels, and the size of the frame they were detected in
+/// when known.
+///
+/// `Debug` shows no coordinates: landmarks are biometric data.
+#[derive(Clone, PartialEq)]
+pub struct Landmarks {
+    points: Vec<Point>,
+    frame: Option<(u32, u32)>,
+}
+
+impl fmt::Debug for Landmarks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Landmarks({} points, redacted)", self.points.len())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PointJson {
+    Pair([f64; 2]),
+    Named { x: f64, y: f64 },
+}
+
+#[derive(Deserialize)]
+struct FrameJson {
+    width: u32,
+    height: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LandmarksJson {
+    Bare(Vec<PointJson>),
+    Object {
+        landmarks: Vec<PointJson>,
+        #[serde(default, alias = "landmarks_frame")]
+        frame: Option<FrameJson>,
+    },
+}
+
+impl Landmarks {
+    /// Wraps `points` (checked when the box is computed) and the detection frame's
+    /// `(width, height)`, if known.
+    pub fn new(points: Vec<Point>, frame: Option<(u32, u32)>) -> Self {
+        Self { points, frame }
+    }
+
+    /// Parses a landmarks file's JSON (see the module docs). The error says where parsing
+    /// stopped, never what values it found.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let parsed: LandmarksJson = serde_json::from_slice(bytes).map_err(|e| {
+            format!(
+                "not a landmarks file ({:?} error at line {}, column {}): expected 68 [x, y] \
+                 points, bare or as {{\"landmarks\": [...], \"frame\": {{...}}}}",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        let (points, frame) = match parsed {
+            LandmarksJson::Bare(points) => (points, None),
+            LandmarksJson::Object { landmarks, frame } => (landmarks, frame),
+        };
+        let points = points
+            .into_iter()
+            .map(|p| match p {
+                PointJson::Pair([x, y]) | PointJson::Named { x, y } => Point { x, y },
+            })
+            .collect();
+        Ok(Self::new(points, frame.map(|f| (f.width, f.height))))
+    }
+
+    /// Reads and parses the landmarks file at `path`.
+    pub fn read(path: &Path) -> Result<Self, EmbedError> {
+        let bytes = read_bounded(path, MAX_LANDMARKS_BYTES)?;
+        Self::from_json(&bytes).map_err(|reason| EmbedError::Landmarks {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// The descriptor box in a `width` × `height` image, not yet clipped.
+    pub fn face_box(&self, width: u32, height: u32) -> Result<FaceBox, ImageError> {
+        let (frame_width, frame_height) = self.frame.unwrap_or((width, height));
+        descriptor_box(&self.points, frame_width, frame_height)
+    }
+}
+
+/// Where the face is in an image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaceRegion {
+    /// The whole image is the crop.
+    Whole,
+    /// A box in image pixels, clipped at the image's borders.
+    Box(FaceBox),
+    /// The box computed from 68 landmarks.
+    Landmarks(Landmarks),
+}
+
+impl FaceRegion {
+    /// The clipped box this region gives in `image`.
+    pub fn face_box(&self, image: &RgbImage) -> Result<FaceBox, ImageError> {
+        let (width, height) = (image.width(), image.height());
+        let unclipped = match self {
+            Self::Whole => FaceBox::whole(width, height),
+            Self::Box(face) => *face,
+            Self::Landmarks(landmarks) => landmarks.face_box(width, height)?,
+        };
+        unclipped.clipped(width, height)
+    }
+}
+
+/// The descriptor of the face in one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    /// The image, as it was named.
+    pub image: PathBuf,
+    /// The clipped box the crop was cut from, in image pixels.
+    pub face_box: FaceBox,
+    /// The network's output.
+    pub descriptor: Descriptor,
+}
+
+#[derive(Serialize)]
+struct BoxJson {
+    x: i64,
+    y: i64,
+    width: i64,
+    height: i64,
+}
+
+#[derive(Serialize)]
+struct EmbeddingJson<'a> {
+    image: String,
+    #[serde(rename = "box")]
+    face_box: BoxJson,
+    backend: &'static str,
+    descriptor: &'a [f32],
+}
+
+impl Embedding {
+    /// One line of `gatematch embed`'s output: a JSON object with `image`, `box` (`x`, `y`,
+    /// `width`, `height`), `backend` and the 128 `descriptor` values (shortest round-trip
+    /// decimals), no newline.
+    pub fn to_json_line(&self) -> String {
+        let FaceBox {
+            x,
+            y,
+            width,
+            height,
+        } = self.face_box;
+        let json = EmbeddingJson {
+            image: self.image.display().to_string(),
+            face_box: BoxJson {
+                x,
+                y,
+                width,
+                height,
+            },
+            backend: Backend::Cpu.name(),
+            descriptor: self.descriptor.as_slice(),
+        };
+        // Serialising plain numbers and strings cannot fail.
+        serde_json::to_string(&json).unwrap_or_else(|e| unreachable!("embedding to JSON: {e}"))
+    }
+}
+
+/// The worker count for `threads`, where 0 means one per core.
+pub fn resolve_threads(threads: usize) -> usize {
+    if threads > 0 {
+        return threads;
+    }
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Loads the model file at `model_path` and prepares it on `threads` workers (0: one per
+/// core).
+pub fn open_cpu_network(model_path: &Path, threads: usize) -> Result<CpuNetwork, EmbedError> {
+    let model = load_model(model_path)?;
+    CpuNetwork::new(&model, resolve_threads(threads))
+}
+
+/// Computes the descriptor of each of `images` and passes the results to `emit` in order.
+///
+/// `regions` is empty (every image is a crop), holds one region for all images, or one per
+/// image. Stops at the first image that cannot be read, decoded or cut, naming it; what was
+/// emitted before stays emitted; an error from `emit` stops it too. Returns the number of
+/// images described.
+pub fn embed_files<E>(
+    network: &CpuNetwork,
+    images: &[PathBuf],
+    regions: &[FaceRegion],
+    limits: &DecodeLimits,
+    mut emit: E,
+) -> Result<usize, EmbedError>
+where
+    E: FnMut(Embedding) -> std::io::Result<()>,
+{
+    let region_of = |i: usize| match regions.len() {
+        0 => Ok(&FaceRegion::Whole),
+        1 => Ok(&regions[0]),
+        n if n == images.len() => Ok(&regions[i]),
+        n => Err(EmbedError::RegionCount {
+            images: images.len(),
+            regions: n,
+        }),
+    };
+    let mut batch = FaceBatch::with_capacity(MAX_FACES_PER_PASS.min(images.len()));
+    let mut boxes = Vec::with_capacity(MAX_FACES_PER_PASS);
+    for (start, chunk) in (0..)
+        .step_by(MAX_FACES_PER_PASS)
+        .zip(images.chunks(MAX_FACES_PER_PASS))
+    {
+        batch.clear();
+        boxes.clear();
+        for (i, path) in (start..).zip(chunk) {
+            let region = region_of(i)?;
+            let cut = |source| EmbedError::Image {
+                path: path.clone(),
+                source,
+            };
+            let image = read_image(path, limits)?;
+            let face_box = region.face_box(&image).map_err(cut)?;
+            batch.push_face(&image, face_box).map_err(cut)?;
+            boxes.push(face_box);
+        }
+        let descriptors = network.describe(&batch);
+        for ((path, face_box), descriptor) in chunk.iter().zip(&boxes).zip(descriptors) {
+            emit(Embedding {
+                image: path.clone(),
+                face_box: *face_box,
+                descriptor,
+            })
+            .map_err(|source| EmbedError::Write { source })?;
+        }
+    }
+    Ok(images.len())
+}
+
+/// Reads and decodes the image at `path`, refusing a file over the size limit before reading
+/// it.
+pub fn read_image(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, EmbedError> {
+    let limit_bytes = u64::try_from(limits.max_file_bytes).unwrap_or(u64::MAX);
+    let bytes = read_bounded(path, limit_bytes.saturating_add(1))?;
+    decode_image(&bytes, limits).map_err(|source| EmbedError::Image {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads at most `limit_bytes` of the file at `path`; a longer file comes back cut, which the
+/// callers refuse as too large (the image decoder) or malformed (JSON).
+fn read_bounded(path: &Path, limit_bytes: u64) -> Result<Vec<u8>, EmbedError> {
+    use std::io::Read;
+
+    let read = |source| EmbedError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut bytes = Vec::new();
+    file.take(limit_bytes)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landmarks_parse_in_every_accepted_form() {
+        let pairs: Vec<[f64; 2]> = (0..68).map(|i| [f64::from(i), 2.0]).collect();
+        let bare = serde_json::to_string(&pairs).unwrap();
+        let object =
+            format!(r#"{{"landmarks": {bare}, "landmarks_frame": {{"width": 7, "height": 9}}}}"#);
+        let named: Vec<String> = (0..68)
+            .map(|i| format!(r#"{{"x": {i}, "y": 2}}"#))
+            .collect();
+        let named = format!(r#"{{"landmarks": [{}], "extra": true}}"#, named.join(","));
+
+        let from_bare = Landmarks::from_json(bare.as_bytes()).unwrap();
+        let from_object = Landmarks::from_json(object.as_bytes()).unwrap();
+        let from_named = Landmarks::from_json(named.as_bytes()).unwrap();
+        assert_eq!(from_bare.points, from_named.points);
+        assert_eq!(from_bare.points, from_object.points);
+        assert_eq!(from_bare.frame, None);
+        assert_eq!(from_object.frame, Some((7, 9)));
+    }
+
+    #[test]
+    fn landmark_errors_do_not_echo_values() {
+        let err = Landmarks::from_json(br#"[[123.456, "secret"]]"#).unwrap_err();
+        assert!(!err.contains("123.456") && !err.contains("secret"), "{err}");
+        let debug = format!("{:?}", Landmarks::new(vec![Point { x: 5.5, y: 6.5 }], None));
+        assert!(!debug.contains("5.5"), "{debug}");
+    }
+
+    #[test]
+    fn backends_parse_and_only_the_cpu_runs() {
+        assert_eq!("cpu".parse::<Backend>().unwrap(), Backend::Cpu);
+        assert!(Backend::Cpu.require_available().is_ok());
+        let gpu = "gpu".parse::<Backend>().unwrap();
+        let err = gpu.require_available().unwrap_err().to_string();
+        assert!(
+            err.contains("gpu") && err.contains("--backend cpu"),
+            "{err}"
+        );
+        assert!(matches!(
+            "tpu".parse::<Backend>(),
+            Err(EmbedError::UnknownBackend { .. })
+        ));
+    }
+
+    #[test]
+    fn boxes_parse_from_text() {
+        let b: FaceBox = "10,-2,30,40".parse().unwrap();
+        assert_eq!((b.x, b.y, b.width, b.height), (10, -2, 30, 40));
+        for bad in ["1,2,3", "1,2,3,4,5", "a,b,c,d", "1,2,0,4", "1,2,3,-4", ""] {
+            assert!(bad.parse::<FaceBox>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Faces: from a photo and a face's landmarks to a 128-value descriptor that two photos of one
+//! person share.
+//!
+//! The network is dlib's ResNet face descriptor as face-api ported it to TF.js
+//! (`@vladmandic/face-api@1.7.15`, MIT; the weights are dlib's public-domain model). This
+//! module reproduces that reference pipeline to within 1e-4 per descriptor value, the bar
+//! MODEL.md sets for the CPU:
+//!
+//! - [`model`]: the weights. [`model::tfjs`] reads the published TF.js files;
+//!   [`model::file`] converts them into gatematch's single HDF5 model file and loads it.
+//! - [`preprocess`]: bounded image decoding, the descriptor box from 68 landmarks, crop, pad,
+//!   resize and normalisation into a [`FaceBatch`].
+//! - [`network`]: the network itself, as a plain [`network::reference`] oracle and as the
+//!   batched, multi-threaded [`CpuNetwork`].
+//! - [`embed`]: the pipeline driven from files, as `gatematch embed` uses it.
+//! - [`bench`](mod@bench): throughput of the CPU network (`gatematch bench embed`).
+//!
+//! Glossary: a *descriptor* is the network's 128-value output for one face; it becomes a
+//! template once enrolled. The *distance* of two descriptors is Euclidean; two faces *match*
+//! when it is below the *threshold* ([`model::DEFAULT_THRESHOLD`], 0.6).
+//!
+//! Biometric data (pixels, landmarks, descriptors) never appears in `Debug` output or in the
+//! errors of this module.
+//!
+//! # Limitations
+//!
+//! - CPU only: the WGSL path and the engine's batcher integration are still to come, as are
+//!   face images in the gate protocol.
+//! - Detection and landmarks are not ported: the caller gives the 68 landmarks (or the box).
+//! - JPEG and PNG only; JPEG 2000 (chip photos, DG2) is not decoded yet.
+//! - EXIF orientation is not applied (nor does the reference); gates send upright images.
+//! - Which JPEG decoder is used shifts descriptors by about 1e-3 (decoders differ by a level
+//!   or two per pixel); the fixtures pin the image crate's decoder.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod embed;
+pub mod model;
+pub mod network;
+pub mod preprocess;
+
+pub use model::{FaceModel, ModelError};
+pub use network::{CpuNetwork, Descriptor, EmbedError};
+pub use preprocess::{FaceBatch, FaceBox, ImageError, Point};
