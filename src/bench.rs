@@ -2,11 +2,13 @@
 //!
 //! Capacity engineers script this, so it prints one line per run in a fixed
 //! `key=value` format. The gallery is random unit vectors; the measure is cosine (the scan
-//! does the same dot-product work for either measure).
+//! does the same dot-product work for either measure). A GPU run adds the adapter's name and
+//! the scan format, and counts gallery bytes in that format.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::engine::gpu::StorageFormat;
 use crate::engine::{Backend, Measure};
 use crate::gallery::{Gallery, ModelSpec};
 use crate::gate::travellers::random_block;
@@ -35,11 +37,16 @@ pub struct ScoreBenchResult {
     pub backend: &'static str,
     /// Worker threads.
     pub threads: usize,
+    /// The GPU adapter and scan format, for a GPU run.
+    pub gpu: Option<(String, StorageFormat)>,
     /// Probes answered per second.
     pub queries_per_s: f64,
     /// Probe-template comparisons per second.
     pub comparisons_per_s: f64,
-    /// Gallery bytes read per second (one pass per call).
+    /// Gallery bytes per second, counting one pass over the gallery per call, in the scan
+    /// format (4 bytes per value on the CPU). At batch 1 this is the memory bandwidth the
+    /// scan reached; the GPU scan reads the gallery once per probe, so at larger batches it
+    /// understates the traffic its caches served.
     pub gallery_bytes_per_s: f64,
     /// Median call time.
     pub median_call: Duration,
@@ -66,6 +73,18 @@ pub fn random_gallery(rows: usize, dimension: usize, seed: u64) -> Gallery {
 /// Calls `backend.identify` on a random gallery until `bench.duration` has passed.
 pub fn score(backend: &dyn Backend, threads: usize, bench: ScoreBench) -> ScoreBenchResult {
     let gallery = random_gallery(bench.gallery, bench.dimension, 1);
+    score_on(backend, &gallery, threads, None, bench)
+}
+
+/// Calls `backend.identify` on `gallery` (from [`random_gallery`] with `bench.gallery` rows)
+/// until `bench.duration` has passed; `gpu` names the adapter and scan format of a GPU run.
+pub fn score_on(
+    backend: &dyn Backend,
+    gallery: &Gallery,
+    threads: usize,
+    gpu: Option<(String, StorageFormat)>,
+    bench: ScoreBench,
+) -> ScoreBenchResult {
     let shard = &gallery.shards()[0];
     let probes = random_block(bench.batch, bench.dimension, 2);
     // One call first: it pages the gallery in and, on a GPU, compiles the pipelines.
@@ -80,24 +99,33 @@ pub fn score(backend: &dyn Backend, threads: usize, bench: ScoreBench) -> ScoreB
     calls.sort();
     let median_call = calls[calls.len() / 2];
     let per_s = 1.0 / median_call.as_secs_f64().max(1e-12);
+    let row_bytes = match &gpu {
+        None => bench.dimension * 4,
+        Some((_, format)) => bench.dimension.div_ceil(4) * format.unit_bytes(),
+    };
+    let gallery_bytes = (bench.gallery * row_bytes) as f64;
     ScoreBenchResult {
         bench,
         backend: backend.name(),
         threads,
+        gpu,
         queries_per_s: bench.batch as f64 * per_s,
         comparisons_per_s: (bench.batch * bench.gallery) as f64 * per_s,
-        gallery_bytes_per_s: (bench.gallery * bench.dimension * 4) as f64 * per_s,
+        gallery_bytes_per_s: gallery_bytes * per_s,
         median_call,
     }
 }
 
 impl fmt::Display for ScoreBenchResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "score backend={}", self.backend)?;
+        if let Some((adapter, format)) = &self.gpu {
+            write!(f, " adapter={adapter:?} format={format}")?;
+        }
         write!(
             f,
-            "score backend={} n={} dim={} batch={} k={} threads={} queries_per_s={:.1} \
+            " n={} dim={} batch={} k={} threads={} queries_per_s={:.1} \
              comparisons_per_s={:.4e} gallery_gb_per_s={:.2} median_call_ms={:.3}",
-            self.backend,
             self.bench.gallery,
             self.bench.dimension,
             self.bench.batch,

@@ -14,11 +14,23 @@
 //! * a free slot: `scale = 0`, `bias = −∞`, so it never ranks.
 //!
 //! Higher keys are better for both measures, which keeps one scan loop for both.
+//!
+//! # Keeping device copies in step
+//!
+//! A backend that keeps its own copy of a shard (the GPU keeps one in device memory) must see
+//! every change before it next scans. Each shard therefore records the slots it writes and
+//! frees in a short change log, numbered by a *generation* ([`Shard::generation`]). A backend
+//! remembers the generation it copied and, at the start of its next call (under the same read
+//! lock as the scan), asks [`Shard::changes_since`] for the slots to refresh. The log is
+//! bounded by the shard's size: when it is trimmed, a backend that fell behind is told to copy
+//! the whole shard again. Nothing has to be registered, so a copy can never miss a change, and
+//! enrolment under the write lock costs one `push`.
 
 pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::Measure;
 
@@ -35,10 +47,22 @@ pub struct ModelSpec {
     pub threshold: f32,
 }
 
+/// Identifies one [`Shard`] for the life of the process, so that a backend can tell the
+/// shards it keeps copies of apart (two galleries may serve the same model id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShardId(u64);
+
+/// The change log holds at least this many entries before it is trimmed.
+const CHANGE_LOG_MIN: usize = 4096;
+
 /// The templates of one model, in scan order.
 #[derive(Debug)]
 pub struct Shard {
+    id: ShardId,
     spec: ModelSpec,
+    /// Slots written or freed since generation `change_base`, oldest first.
+    changes: Vec<u32>,
+    change_base: u64,
     rows: Vec<f32>,
     norms_sq: Vec<f32>,
     key_scale: Vec<f32>,
@@ -54,8 +78,12 @@ pub type PersonIndex = u32;
 impl Shard {
     /// An empty shard for `spec`.
     pub fn new(spec: ModelSpec) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Shard {
+            id: ShardId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
             spec,
+            changes: Vec::new(),
+            change_base: 0,
             rows: Vec::new(),
             norms_sq: Vec::new(),
             key_scale: Vec::new(),
@@ -64,6 +92,33 @@ impl Shard {
             free_slots: Vec::new(),
             live: 0,
         }
+    }
+
+    /// This shard's identity, unique in the process.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// How many slot writes and frees this shard has seen; grows with every change.
+    pub fn generation(&self) -> u64 {
+        self.change_base + self.changes.len() as u64
+    }
+
+    /// The slots written or freed since `generation` (oldest first, possibly repeated), or
+    /// `None` when the log no longer reaches back that far (or `generation` is from the
+    /// future): then copy the whole shard.
+    pub fn changes_since(&self, generation: u64) -> Option<&[u32]> {
+        let from = generation.checked_sub(self.change_base)?;
+        self.changes.get(usize::try_from(from).ok()?..)
+    }
+
+    /// Logs a change of `slot`, trimming the log once it is longer than the shard.
+    fn record_change(&mut self, slot: u32) {
+        if self.changes.len() >= CHANGE_LOG_MIN.max(self.owners.len()) {
+            self.change_base += self.changes.len() as u64;
+            self.changes.clear();
+        }
+        self.changes.push(slot);
     }
 
     /// The model this shard holds.
@@ -155,6 +210,7 @@ impl Shard {
         };
         self.owners[i] = Some(owner);
         self.live += 1;
+        self.record_change(slot);
         slot
     }
 
@@ -166,6 +222,7 @@ impl Shard {
             self.key_bias[i] = f32::NEG_INFINITY;
             self.free_slots.push(slot);
             self.live -= 1;
+            self.record_change(slot);
         }
     }
 }
@@ -376,6 +433,43 @@ mod tests {
         assert_eq!(g.shards()[0].slot_count(), 2);
         assert_eq!(g.shards()[0].live_count(), 2);
         assert_eq!(g.person_count(), 2);
+    }
+
+    #[test]
+    fn the_change_log_names_every_written_and_freed_slot() {
+        let mut g = Gallery::new(vec![spec(2)]);
+        let start = g.shards()[0].generation();
+        let a = g.add("alice", "m", &[1.0, 0.0]).unwrap();
+        let b = g.add("bob", "m", &[0.0, 1.0]).unwrap();
+        let seen = g.shards()[0].generation();
+        g.remove_person("alice");
+        g.remove_person("nobody");
+        let shard = &g.shards()[0];
+        assert_eq!(
+            shard.changes_since(start),
+            Some(&[a.slot, b.slot, a.slot][..])
+        );
+        assert_eq!(shard.changes_since(seen), Some(&[a.slot][..]));
+        assert_eq!(shard.changes_since(shard.generation()), Some(&[][..]));
+        assert_eq!(shard.changes_since(shard.generation() + 1), None);
+        assert_ne!(shard.id(), Gallery::new(vec![spec(2)]).shards()[0].id());
+    }
+
+    #[test]
+    fn a_trimmed_change_log_asks_for_a_full_copy() {
+        let mut g = Gallery::new(vec![spec(1)]);
+        for i in 0..CHANGE_LOG_MIN + 1 {
+            g.add(&format!("p{i}"), "m", &[1.0]).unwrap();
+        }
+        let shard = &g.shards()[0];
+        assert_eq!(shard.changes_since(0), None);
+        assert_eq!(shard.generation(), CHANGE_LOG_MIN as u64 + 1);
+        assert_eq!(
+            shard
+                .changes_since(shard.generation() - 1)
+                .map(<[u32]>::len),
+            Some(1)
+        );
     }
 
     #[test]
