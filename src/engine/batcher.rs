@@ -307,14 +307,13 @@ fn verify_group(
             if !known {
                 return Err(BatchError::UnknownPerson);
             }
-            let best =
-                scores
-                    .next()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .fold(measure.worst(), |best, s| {
-                        if measure.is_better(s, best) { s } else { best }
-                    });
+            let best = scores
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .fold(measure.worst(), |best, s| {
+                    if measure.is_better(s, best) { s } else { best }
+                });
             Ok(JobOutput::Verify(best))
         })
         .collect()
