@@ -6,7 +6,7 @@
 //! default behaviour, which is to panic.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::error::GpuError;
 use super::shaders::{self, Kernel, Pipeline};
@@ -42,8 +42,7 @@ impl GpuContext {
     /// (the defaults cap storage bindings at 128 MiB and buffers at 256 MiB) and SHADER_F16
     /// when offered. `WGPU_BACKEND` and the other wgpu environment variables are honoured.
     pub fn new(allow_software: bool) -> Result<Self, GpuError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = instance();
         let options = wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             force_fallback_adapter: false,
@@ -305,6 +304,19 @@ impl GpuContext {
         readback.unmap();
         Ok(bytes)
     }
+}
+
+/// The process's one wgpu instance, made on first use and never dropped.
+///
+/// Dropping an instance unloads the Vulkan drivers (`dlclose`), which runs their destructors;
+/// when that happens on the batcher's thread while the process exits, Mesa's destructors race
+/// the exit handlers and crash. One instance for the process life avoids that, and spares each
+/// engine the driver loading. It reads `WGPU_BACKEND` and the other wgpu variables once.
+fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+    })
 }
 
 /// The useful text of a wgpu error (its `Display` is only the category).
