@@ -42,6 +42,9 @@ pub const BACKEND: &str = "gatematch_backend_info";
 /// Times the engine moved from one backend to another after a failure, by `from` and `to`
 /// (counter). A GPU engine fails over at most once per process.
 pub const BACKEND_FAILOVERS: &str = "gatematch_backend_failovers_total";
+/// Device memory the GPU engine holds for gallery copies, scan format and row metadata
+/// (gauge, bytes); 0 after a failover.
+pub const GPU_GALLERY_BYTES: &str = "gatematch_gpu_gallery_bytes";
 
 /// Latency buckets, in seconds: 50 µs to 5 s, dense around the milliseconds gates care about.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -113,6 +116,11 @@ fn describe() {
     describe_gauge!(
         BACKEND,
         "The engine backend (labels backend, adapter): 1 in use, 0 given up"
+    );
+    describe_gauge!(
+        GPU_GALLERY_BYTES,
+        Unit::Bytes,
+        "Device memory held for gallery copies"
     );
     describe_counter!(
         BACKEND_FAILOVERS,
@@ -190,4 +198,9 @@ pub fn backend_failover(from: &'static str, to: &'static str, adapter: &str) {
     counter!(BACKEND_FAILOVERS, "from" => from, "to" => to).increment(1);
     gauge!(BACKEND, "backend" => from, "adapter" => adapter.to_owned()).set(0.0);
     backend(to, NO_ADAPTER);
+}
+
+/// Sets the device memory held for gallery copies.
+pub fn gpu_gallery_bytes(bytes: u64) {
+    gauge!(GPU_GALLERY_BYTES).set(bytes as f64);
 }

@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::gpu::no_adapter;
+use common::gpu::{no_adapter, own_context};
 use common::*;
 use gatematch::app;
 use gatematch::config::BackendChoice;
-use gatematch::engine::gpu::StorageFormat;
+use gatematch::engine::gpu::{GpuContext, StorageFormat};
 use gatematch::proto::{self, Reason, request::Operation, response::Result as Answer};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -123,4 +123,28 @@ async fn enrol_verify_identify_erase_on_the_gpu() {
     assert_eq!((status.backend.as_str(), status.persons), ("gpu", 29));
     gate.close().await;
     appliance.stop().await;
+}
+
+#[test]
+fn auto_takes_a_hardware_gpu_or_the_cpu_never_a_software_one() {
+    let Some(any) = own_context() else { return };
+    let site = Site::new(1);
+    let config = site.config();
+    assert_eq!(
+        config.engine.backend,
+        BackendChoice::Auto,
+        "auto is the default"
+    );
+    let chosen = app::backend(&config).expect("auto always finds a backend");
+    match GpuContext::new(false) {
+        Ok(hardware) => {
+            eprintln!("hardware adapter {}", hardware.adapter_info().name);
+            assert_eq!(chosen.name(), "gpu");
+        }
+        Err(e) => {
+            eprintln!("only a software adapter ({}): {e}", any.adapter_info().name);
+            assert!(any.is_software());
+            assert_eq!(chosen.name(), "cpu");
+        }
+    }
 }

@@ -17,9 +17,18 @@ pub fn no_adapter(reason: &str) {
     eprintln!("skipping GPU test: {reason}");
 }
 
+/// Sends the engine's logs (a failover's error, say) to the test's output.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("gatematch=debug")
+        .with_test_writer()
+        .try_init();
+}
+
 /// A new context of its own (for tests that destroy their device), or `None` after saying
 /// why.
 pub fn own_context() -> Option<GpuContext> {
+    logs();
     match GpuContext::new(true) {
         Ok(ctx) => Some(ctx),
         Err(e) => {
@@ -32,6 +41,7 @@ pub fn own_context() -> Option<GpuContext> {
 /// The context shared by a test binary's tests, or `None` after saying why.
 pub fn context() -> Option<&'static GpuContext> {
     static CONTEXT: OnceLock<Result<GpuContext, String>> = OnceLock::new();
+    logs();
     match CONTEXT.get_or_init(|| GpuContext::new(true).map_err(|e| e.to_string())) {
         Ok(ctx) => Some(ctx),
         Err(reason) => {

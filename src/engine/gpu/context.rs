@@ -6,10 +6,19 @@
 //! default behaviour, which is to panic.
 
 use std::collections::HashMap;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::error::GpuError;
 use super::shaders::{self, Kernel, Pipeline};
+
+/// How often a read-back whose work is done looks again for its map callback.
+const MAP_POLL_INTERVAL: Duration = Duration::from_millis(2);
+
+/// How long a read-back whose work is done waits for its map callback before the device is
+/// declared failed.
+const MAP_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A device and queue on one adapter, with no surface.
 #[derive(Clone, Debug)]
@@ -283,18 +292,24 @@ impl GpuContext {
         polled.map_err(|e| GpuError::Submission {
             message: e.to_string(),
         })?;
-        match receiver.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(GpuError::Submission {
-                    message: e.to_string(),
-                });
+        // The work is done, but the map callback runs in whichever thread polls the device:
+        // when engines share a context, another thread's poll may be running ours right now.
+        let waited = Instant::now();
+        let mapped = loop {
+            match receiver.recv_timeout(MAP_POLL_INTERVAL) {
+                Ok(mapped) => break mapped,
+                Err(RecvTimeoutError::Timeout) if waited.elapsed() < MAP_CALLBACK_TIMEOUT => {
+                    self.check()?;
+                }
+                Err(_) => {
+                    let message = "buffer map did not complete".to_owned();
+                    return Err(GpuError::Submission { message });
+                }
             }
-            Err(_) => {
-                let message = "buffer map did not complete".to_owned();
-                return Err(GpuError::Submission { message });
-            }
-        }
+        };
+        mapped.map_err(|e| GpuError::Submission {
+            message: e.to_string(),
+        })?;
         let bytes = readback
             .get_mapped_range(..)
             .map_err(|e| GpuError::Submission {

@@ -77,8 +77,13 @@ impl Resident {
             }
         };
         *used = self.clock;
+        let before = gallery.device_bytes();
         gallery.sync(shard)?;
-        Ok(gallery)
+        if gallery.device_bytes() != before {
+            let total = self.galleries.values().map(|(g, _)| g.device_bytes()).sum();
+            metrics::gpu_gallery_bytes(total);
+        }
+        Ok(&self.galleries[&id].0)
     }
 }
 
@@ -171,6 +176,7 @@ impl GpuEngine {
         };
         if error.is_device_failure() {
             resident.galleries.clear();
+            metrics::gpu_gallery_bytes(0);
             self.fail_over(&error);
         } else {
             tracing::debug!(%error, "input the GPU path does not take; scored on the CPU");

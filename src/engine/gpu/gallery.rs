@@ -106,6 +106,14 @@ impl GpuGallery {
         self.dim / 4 * self.format.unit_bytes()
     }
 
+    /// Device memory the buffers take.
+    pub(crate) fn device_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .map(|c| c.data.size() + c.meta.size())
+            .sum()
+    }
+
     /// Slots the buffers hold.
     fn capacity(&self) -> usize {
         self.chunks.iter().map(|c| c.rows).sum()
