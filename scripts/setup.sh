@@ -3,7 +3,9 @@
 # already there. Safe to run again.
 set -euo pipefail
 
-packages=(libhdf5-dev pkg-config)
+# mesa-vulkan-drivers brings lavapipe, a software Vulkan driver, so that the GPU tests run on
+# machines without a GPU; libvulkan1 is the loader wgpu opens at run time.
+packages=(libhdf5-dev pkg-config mesa-vulkan-drivers libvulkan1)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

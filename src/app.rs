@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError, SYNTHETIC_MODEL};
+use crate::config::{BackendChoice, Config, ConfigError, SYNTHETIC_MODEL};
 use crate::engine::Backend;
 use crate::engine::cpu::CpuEngine;
+use crate::engine::gpu::{GpuEngine, GpuError, GpuOptions};
 use crate::flows::{Appliance, ApplianceError};
 use crate::gallery::snapshot::{self, Snapshot, SnapshotError};
 use crate::gate::GateError;
@@ -47,6 +48,9 @@ pub enum CommandError {
     /// A simulated gate failed.
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// `backend = "gpu"` was asked for and no GPU could be opened.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
     /// The metrics exporter could not start.
     #[error("metrics exporter: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
@@ -63,15 +67,47 @@ pub enum CommandError {
     },
 }
 
-/// The backend the configuration asks for.
-pub fn backend(config: &Config) -> Arc<dyn Backend> {
+/// The backend the configuration asks for (see [`BackendChoice`]), logged at info and
+/// exported as `gatematch_backend_info`.
+pub fn backend(config: &Config) -> Result<Arc<dyn Backend>, CommandError> {
+    let choice = config.engine.backend;
+    if choice == BackendChoice::Cpu {
+        return Ok(cpu_backend(config, "configured"));
+    }
+    let options = GpuOptions {
+        format: config.engine.gpu_format,
+        allow_software: choice == BackendChoice::Gpu,
+        chunk_rows: None,
+        cpu_threads: config.engine.threads,
+    };
+    match GpuEngine::new(&options) {
+        Ok(engine) => {
+            let info = engine.context().adapter_info();
+            tracing::info!(
+                backend = "gpu",
+                adapter = %info.name,
+                device_type = ?info.device_type,
+                driver = ?info.backend,
+                format = %engine.format(),
+                "engine backend chosen"
+            );
+            crate::metrics::backend("gpu", &info.name);
+            Ok(Arc::new(engine))
+        }
+        Err(e) if choice == BackendChoice::Auto => Ok(cpu_backend(config, &e.to_string())),
+        Err(e) => Err(CommandError::Gpu(e)),
+    }
+}
+
+fn cpu_backend(config: &Config, why: &str) -> Arc<dyn Backend> {
     let engine = CpuEngine::new(config.engine.threads);
     tracing::info!(
         backend = "cpu",
         threads = engine.threads(),
+        why,
         "engine backend chosen"
     );
-    crate::metrics::backend("cpu");
+    crate::metrics::backend("cpu", crate::metrics::NO_ADAPTER);
     Arc::new(engine)
 }
 
@@ -97,7 +133,7 @@ impl RunningAppliance {
 
 /// Opens the registry, loads the gallery and starts serving gates in a background task.
 pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
-    let appliance = Arc::new(Appliance::open(config, backend(config))?);
+    let appliance = Arc::new(Appliance::open(config, backend(config)?)?);
     let endpoint = server::bind(&config.server)?;
     let addr = endpoint.local_addr().map_err(|source| CommandError::Io {
         path: PathBuf::from("udp socket"),

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::engine::Measure;
 use crate::engine::batcher::BatchConfig;
+use crate::engine::gpu::StorageFormat;
 use crate::gallery::ModelSpec;
 
 /// What can be wrong with a configuration.
@@ -127,11 +128,35 @@ impl MetricsConfig {
     }
 }
 
+/// Which compute backend scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BackendChoice {
+    /// A hardware GPU when there is one, the CPU otherwise. A software adapter such as
+    /// lavapipe is never taken: it is slower than the CPU engine.
+    #[default]
+    Auto,
+    /// A GPU, software adapters included; the appliance refuses to start without one.
+    Gpu,
+    /// The CPU engine.
+    Cpu,
+}
+
 /// Compute and batching.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// CPU threads for scoring; 0 means one per core. Default 0.
+    /// `auto`, `gpu` or `cpu` (see [`BackendChoice`]). Default `auto`.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// How the GPU stores the gallery for its scan: `f32` (4 bytes per value), `f16` (2; needs
+    /// an adapter with SHADER_F16, else f32 with a warning) or `int8` (1, plus a scale per
+    /// template). Scores are re-computed from f32 whichever is chosen. Default `f32`.
+    #[serde(default)]
+    pub gpu_format: StorageFormat,
+    /// CPU threads for scoring (and for the CPU engine behind a GPU); 0 means one per core.
+    /// Default 0.
     #[serde(default)]
     pub threads: usize,
     /// Most probes in one batch. Default 64.
@@ -243,6 +268,8 @@ impl Default for MetricsConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            backend: BackendChoice::Auto,
+            gpu_format: StorageFormat::F32,
             threads: 0,
             max_batch: default_max_batch(),
             max_wait_us: default_max_wait_us(),
@@ -372,6 +399,8 @@ mod tests {
         assert_eq!(config.server.listen, default_listen());
         assert_eq!(config.server.max_message_bytes, default_max_message_bytes());
         assert_eq!(config.engine.max_batch, default_max_batch());
+        assert_eq!(config.engine.backend, BackendChoice::Auto);
+        assert_eq!(config.engine.gpu_format, StorageFormat::F32);
         assert_eq!(config.metrics.listener(), Some(default_metrics_listen()));
         assert_eq!(config.models.len(), 1);
         assert!(config.server.certificate.ends_with("certs/server.pem"));
@@ -404,5 +433,15 @@ mod tests {
         ));
         std::fs::write(&path, base).unwrap();
         assert_eq!(Config::load(&path).unwrap().models[0].id, SYNTHETIC_MODEL);
+        std::fs::write(&path, format!("{base}[engine]\nbackend = \"tpu\"\n")).unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        let gpu = "[engine]\nbackend = \"gpu\"\ngpu_format = \"int8\"\n";
+        std::fs::write(&path, format!("{base}{gpu}")).unwrap();
+        let engine = Config::load(&path).unwrap().engine;
+        assert_eq!(engine.backend, BackendChoice::Gpu);
+        assert_eq!(engine.gpu_format, StorageFormat::Int8);
     }
 }

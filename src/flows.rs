@@ -100,7 +100,7 @@ pub struct Appliance {
     gallery: Arc<RwLock<Gallery>>,
     registry: Registry,
     batcher: Batcher,
-    backend: &'static str,
+    backend: Arc<dyn Backend>,
     limits: Limits,
     started: Instant,
 }
@@ -116,13 +116,12 @@ impl Appliance {
         let (registry, reader) = Registry::open(&config.registry.path, Some(hook))?;
         load_gallery(&gallery, &reader)?;
         drop(reader);
-        let backend_name = backend.name();
-        let batcher = Batcher::start(config.batch(), Arc::clone(&gallery), backend);
+        let batcher = Batcher::start(config.batch(), Arc::clone(&gallery), Arc::clone(&backend));
         Ok(Appliance {
             gallery,
             registry,
             batcher,
-            backend: backend_name,
+            backend,
             limits: Limits {
                 max_k: config.engine.max_k,
                 max_templates_per_enrol: config.engine.max_templates_per_enrol,
@@ -136,6 +135,11 @@ impl Appliance {
     /// The shared gallery (read it; change it only through the registry).
     pub fn gallery(&self) -> &Arc<RwLock<Gallery>> {
         &self.gallery
+    }
+
+    /// The name of the backend scoring now ("gpu", or "cpu" also after a GPU failover).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
     }
 
     /// Answers one request from `gate`, received at `received`.
@@ -324,7 +328,7 @@ impl Appliance {
         let gallery = self.gallery.read().unwrap_or_else(|p| p.into_inner());
         Answer::Status(proto::StatusResult {
             version: env!("CARGO_PKG_VERSION").into(),
-            backend: self.backend.into(),
+            backend: self.backend.name().into(),
             persons: gallery.person_count() as u64,
             models: gallery
                 .shards()

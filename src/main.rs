@@ -11,6 +11,7 @@ use gatematch::app::{self, DemoOptions};
 use gatematch::bench::{self, ScoreBench};
 use gatematch::config::{Config, SYNTHETIC_MODEL};
 use gatematch::engine::cpu::CpuEngine;
+use gatematch::engine::gpu::{GpuEngine, GpuOptions, StorageFormat};
 use gatematch::gate::simulate::{self, Mix, Simulation};
 use gatematch::gate::travellers::Population;
 use gatematch::pki;
@@ -163,21 +164,24 @@ enum BenchCommand {
         /// Template dimension.
         #[arg(long, default_value_t = 128)]
         dim: usize,
-        /// Probes per call.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
+        /// Probes per call; a comma-separated list runs each on the same gallery.
+        #[arg(long, default_value = "1", value_delimiter = ',')]
+        batch: Vec<usize>,
         /// Candidates per probe.
         #[arg(long, default_value_t = 10)]
         k: usize,
-        /// Seconds to keep calling.
+        /// Seconds to keep calling, per line printed.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
         /// Worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// The backend.
+        /// The backend: cpu, or gpu (any adapter, software ones included).
         #[arg(long, default_value = "cpu")]
         backend: String,
+        /// The GPU scan format (f32, f16, int8); a comma-separated list runs each.
+        #[arg(long, default_value = "f32", value_delimiter = ',')]
+        format: Vec<StorageFormat>,
     },
 }
 
@@ -487,26 +491,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     seconds,
                     threads,
                     backend,
+                    format,
                 },
         } => {
-            if backend != "cpu" {
-                bail!("backend {backend:?} is not built into this binary; use --backend cpu");
-            }
-            if dim == 0 || batch == 0 {
+            if dim == 0 || batch.contains(&0) {
                 bail!("--dim and --batch must be positive");
             }
-            let engine = CpuEngine::new(threads);
-            let threads = engine.threads();
-            let bench = ScoreBench {
+            if !(seconds.is_finite() && seconds >= 0.0) {
+                bail!("--seconds must be a number of seconds");
+            }
+            let gpu = match backend.as_str() {
+                "cpu" => false,
+                "gpu" => true,
+                other => bail!("unknown backend {other:?}; use --backend cpu or --backend gpu"),
+            };
+            let runs = ScoreRuns {
                 gallery,
-                dimension: dim,
-                batch,
+                dim,
+                batches: batch,
                 k,
                 duration: Duration::from_secs_f64(seconds),
+                threads,
+                formats: gpu.then_some(format),
             };
-            let result =
-                tokio::task::spawn_blocking(move || bench::score(&engine, threads, bench)).await?;
-            println!("{result}");
+            tokio::task::spawn_blocking(move || score_runs(&runs)).await??;
         }
         Command::Gallery { what } => match what {
             GalleryCommand::Export {
@@ -559,6 +567,58 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 metrics: Some(metrics),
             };
             app::demo(options).await.context("running the demo")?;
+        }
+    }
+    Ok(())
+}
+
+/// What `gatematch bench score` runs: every batch size, on the CPU or on the GPU in every
+/// format, over one random gallery.
+struct ScoreRuns {
+    gallery: usize,
+    dim: usize,
+    batches: Vec<usize>,
+    k: usize,
+    duration: Duration,
+    threads: usize,
+    /// The GPU formats to run, or `None` for the CPU.
+    formats: Option<Vec<StorageFormat>>,
+}
+
+/// Builds the gallery once and prints one line per (format, batch).
+fn score_runs(runs: &ScoreRuns) -> anyhow::Result<()> {
+    let gallery = bench::random_gallery(runs.gallery, runs.dim, 1);
+    let bench_for = |batch| ScoreBench {
+        gallery: runs.gallery,
+        dimension: runs.dim,
+        batch,
+        k: runs.k,
+        duration: runs.duration,
+    };
+    let Some(formats) = &runs.formats else {
+        let engine = CpuEngine::new(runs.threads);
+        for &batch in &runs.batches {
+            let result =
+                bench::score_on(&engine, &gallery, engine.threads(), None, bench_for(batch));
+            println!("{result}");
+        }
+        return Ok(());
+    };
+    for &format in formats {
+        let options = GpuOptions {
+            format,
+            allow_software: true,
+            chunk_rows: None,
+            cpu_threads: runs.threads,
+        };
+        let engine = GpuEngine::new(&options).context("opening the GPU")?;
+        let label = Some((engine.adapter_name().to_owned(), engine.format()));
+        for &batch in &runs.batches {
+            let result = bench::score_on(&engine, &gallery, 1, label.clone(), bench_for(batch));
+            println!("{result}");
+        }
+        if engine.has_failed_over() {
+            bail!("the GPU failed during the bench; the lines after the failure are CPU figures");
         }
     }
     Ok(())

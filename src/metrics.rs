@@ -36,8 +36,15 @@ pub const HANDSHAKES_REFUSED: &str = "gatematch_handshakes_refused_total";
 pub const COMMIT_SIZE: &str = "gatematch_registry_commit_size";
 /// Time one registry transaction took, fsync included (seconds).
 pub const COMMIT_SECONDS: &str = "gatematch_registry_commit_seconds";
-/// The backend in use, as a label (`backend`), with value 1 (gauge).
+/// The backend, as labels `backend` ("cpu", "gpu") and `adapter` (the GPU's name, "none"
+/// for the CPU): 1 for the one in use, 0 for one given up (gauge).
 pub const BACKEND: &str = "gatematch_backend_info";
+/// Times the engine moved from one backend to another after a failure, by `from` and `to`
+/// (counter). A GPU engine fails over at most once per process.
+pub const BACKEND_FAILOVERS: &str = "gatematch_backend_failovers_total";
+/// Device memory the GPU engine holds for gallery copies, scan format and row metadata
+/// (gauge, bytes); 0 after a failover.
+pub const GPU_GALLERY_BYTES: &str = "gatematch_gpu_gallery_bytes";
 
 /// Latency buckets, in seconds: 50 µs to 5 s, dense around the milliseconds gates care about.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -114,7 +121,16 @@ fn describe() {
     );
     describe_gauge!(
         BACKEND,
-        "The engine backend in use (label backend), value 1"
+        "The engine backend (labels backend, adapter): 1 in use, 0 given up"
+    );
+    describe_gauge!(
+        GPU_GALLERY_BYTES,
+        Unit::Bytes,
+        "Device memory held for gallery copies"
+    );
+    describe_counter!(
+        BACKEND_FAILOVERS,
+        "Moves of the engine to another backend after a failure, by from and to"
     );
 }
 
@@ -175,7 +191,22 @@ pub fn commit(records: usize, took: Duration) {
     histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
 }
 
-/// Marks the backend in use.
-pub fn backend(name: &'static str) {
-    gauge!(BACKEND, "backend" => name).set(1.0);
+/// The `adapter` label of the CPU backend.
+pub const NO_ADAPTER: &str = "none";
+
+/// Marks the backend in use, on `adapter` ([`NO_ADAPTER`] for the CPU).
+pub fn backend(name: &'static str, adapter: &str) {
+    gauge!(BACKEND, "backend" => name, "adapter" => adapter.to_owned()).set(1.0);
+}
+
+/// Counts a failover from `from` (on `adapter`) to `to`, and moves the backend gauge.
+pub fn backend_failover(from: &'static str, to: &'static str, adapter: &str) {
+    counter!(BACKEND_FAILOVERS, "from" => from, "to" => to).increment(1);
+    gauge!(BACKEND, "backend" => from, "adapter" => adapter.to_owned()).set(0.0);
+    backend(to, NO_ADAPTER);
+}
+
+/// Sets the device memory held for gallery copies.
+pub fn gpu_gallery_bytes(bytes: u64) {
+    gauge!(GPU_GALLERY_BYTES).set(bytes as f64);
 }

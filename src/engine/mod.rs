@@ -3,7 +3,8 @@
 //! A backend works on gallery *slots* (one template each); turning slots into persons,
 //! thresholds into decisions and requests into batches is the job of [`crate::flows`] and
 //! [`batcher`]. The CPU backend in [`cpu`] is the reference every other backend is checked
-//! against, and the fallback when a GPU is missing or lost.
+//! against, and the fallback when a GPU is missing or lost; [`gpu`] scores on a GPU through
+//! wgpu and fails over to the CPU engine when the device is lost.
 //!
 //! # Scores
 //!
@@ -19,6 +20,7 @@
 
 pub mod batcher;
 pub mod cpu;
+pub mod gpu;
 mod kernels;
 mod topk;
 
@@ -142,6 +144,14 @@ pub enum EngineError {
     /// The device failed; the work may be retried on another backend.
     #[error("device failed: {0}")]
     Device(String),
+    /// A 1:1 comparison named a slot beyond the shard.
+    #[error("slot {slot} is out of range ({slots} slots)")]
+    SlotOutOfRange {
+        /// The slot asked for.
+        slot: u32,
+        /// Slots in the shard.
+        slots: usize,
+    },
 }
 
 /// The compute behind scoring: the CPU engine, or a GPU.

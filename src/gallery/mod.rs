@@ -19,11 +19,23 @@
 //! bytes). A scan of few probes is bound by memory bandwidth, so it reads the f16 copy and
 //! re-scores its candidates from the f32 rows; [`Shard::f16_key_error`] bounds what the
 //! rounding can do to a key, which lets the engine prove its ranking exact or fall back to f32.
+//!
+//! # Keeping device copies in step
+//!
+//! A backend that keeps its own copy of a shard (the GPU keeps one in device memory) must see
+//! every change before it next scans. Each shard therefore records the slots it writes and
+//! frees in a short change log, numbered by a *generation* ([`Shard::generation`]). A backend
+//! remembers the generation it copied and, at the start of its next call (under the same read
+//! lock as the scan), asks [`Shard::changes_since`] for the slots to refresh. The log is
+//! bounded by the shard's size: when it is trimmed, a backend that fell behind is told to copy
+//! the whole shard again. Nothing has to be registered, so a copy can never miss a change, and
+//! enrolment under the write lock costs one `push`.
 
 pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::Measure;
 
@@ -40,10 +52,22 @@ pub struct ModelSpec {
     pub threshold: f32,
 }
 
+/// Identifies one [`Shard`] for the life of the process, so that a backend can tell the
+/// shards it keeps copies of apart (two galleries may serve the same model id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShardId(u64);
+
+/// The change log holds at least this many entries before it is trimmed.
+const CHANGE_LOG_MIN: usize = 4096;
+
 /// The templates of one model, in scan order.
 #[derive(Debug)]
 pub struct Shard {
+    id: ShardId,
     spec: ModelSpec,
+    /// Slots written or freed since generation `change_base`, oldest first.
+    changes: Vec<u32>,
+    change_base: u64,
     rows: Vec<f32>,
     rows_f16: Vec<u16>,
     max_norm: f32,
@@ -63,8 +87,12 @@ pub type PersonIndex = u32;
 impl Shard {
     /// An empty shard for `spec`.
     pub fn new(spec: ModelSpec) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Shard {
+            id: ShardId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
             spec,
+            changes: Vec::new(),
+            change_base: 0,
             rows: Vec::new(),
             rows_f16: Vec::new(),
             max_norm: 0.0,
@@ -77,6 +105,33 @@ impl Shard {
             free_slots: Vec::new(),
             live: 0,
         }
+    }
+
+    /// This shard's identity, unique in the process.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// How many slot writes and frees this shard has seen; grows with every change.
+    pub fn generation(&self) -> u64 {
+        self.change_base + self.changes.len() as u64
+    }
+
+    /// The slots written or freed since `generation` (oldest first, possibly repeated), or
+    /// `None` when the log no longer reaches back that far (or `generation` is from the
+    /// future): then copy the whole shard.
+    pub fn changes_since(&self, generation: u64) -> Option<&[u32]> {
+        let from = generation.checked_sub(self.change_base)?;
+        self.changes.get(usize::try_from(from).ok()?..)
+    }
+
+    /// Logs a change of `slot`, trimming the log once it is longer than the shard.
+    fn record_change(&mut self, slot: u32) {
+        if self.changes.len() >= CHANGE_LOG_MIN.max(self.owners.len()) {
+            self.change_base += self.changes.len() as u64;
+            self.changes.clear();
+        }
+        self.changes.push(slot);
     }
 
     /// The model this shard holds.
@@ -213,6 +268,7 @@ impl Shard {
         };
         self.owners[i] = Some(owner);
         self.live += 1;
+        self.record_change(slot);
         slot
     }
 
@@ -224,6 +280,7 @@ impl Shard {
             self.key_bias[i] = f32::NEG_INFINITY;
             self.free_slots.push(slot);
             self.live -= 1;
+            self.record_change(slot);
         }
     }
 }
@@ -434,6 +491,42 @@ mod tests {
         assert_eq!(g.shards()[0].slot_count(), 2);
         assert_eq!(g.shards()[0].live_count(), 2);
         assert_eq!(g.person_count(), 2);
+    }
+
+    #[test]
+    fn the_change_log_names_every_written_and_freed_slot() {
+        let mut g = Gallery::new(vec![spec(2)]);
+        let start = g.shards()[0].generation();
+        let a = g.add("alice", "m", &[1.0, 0.0]).unwrap();
+        let b = g.add("bob", "m", &[0.0, 1.0]).unwrap();
+        let seen = g.shards()[0].generation();
+        g.remove_person("alice");
+        g.remove_person("nobody");
+        let shard = &g.shards()[0];
+        assert_eq!(
+            shard.changes_since(start),
+            Some(&[a.slot, b.slot, a.slot][..])
+        );
+        assert_eq!(shard.changes_since(seen), Some(&[a.slot][..]));
+        assert_eq!(shard.changes_since(shard.generation()), Some(&[][..]));
+        assert_eq!(shard.changes_since(shard.generation() + 1), None);
+        assert_ne!(shard.id(), Gallery::new(vec![spec(2)]).shards()[0].id());
+    }
+
+    #[test]
+    fn a_trimmed_change_log_asks_for_a_full_copy() {
+        let mut g = Gallery::new(vec![spec(1)]);
+        g.add("kept", "m", &[1.0]).unwrap();
+        // Churn on one slot: the log outgrows the shard and is trimmed.
+        for _ in 0..CHANGE_LOG_MIN {
+            g.add("churn", "m", &[2.0]).unwrap();
+            g.remove_person("churn");
+        }
+        let shard = &g.shards()[0];
+        assert_eq!(shard.generation(), 1 + 2 * CHANGE_LOG_MIN as u64);
+        assert_eq!(shard.changes_since(0), None);
+        let last = shard.changes_since(shard.generation() - 1);
+        assert_eq!(last, Some(&[1][..]));
     }
 
     #[test]

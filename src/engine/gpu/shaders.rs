@@ -1,0 +1,242 @@
+//! WGSL sources, how they are put together, and the explicit layouts that mirror them.
+//!
+//! The kernels live in `shaders/*.wgsl` at the root of the repository. Sizes they share with
+//! the host (workgroup size, list and pool lengths, the empty-slot marker) are not written in
+//! any WGSL file: [`Kernel::source`] prepends a generated block of `const` declarations built
+//! from the Rust constants below, so each value has exactly one definition.
+//! `tests/gpu_shaders.rs` parses every composed source with naga and checks each entry point's
+//! workgroup size against [`WORKGROUP_SIZE`] and each binding against [`Kernel::bindings`],
+//! and the header table of each file against the same.
+
+use std::borrow::Cow;
+
+use super::StorageFormat;
+use super::error::GpuError;
+
+/// Threads per workgroup of every kernel, and rows per tile of the gallery layout.
+///
+/// 256 keeps a full workgroup resident on every desktop and datacenter GPU and makes a tile
+/// of 128-dim f32 rows 128 KiB, a unit of coalesced streaming.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Candidates a workgroup keeps (the largest `kc`, see [`super::MAX_K`]).
+pub const LIST_LEN: u32 = 128;
+
+/// Entries of workgroup memory per selection: the list plus room for one round of offers
+/// from every thread, rounded up to a power of two for the bitonic sort.
+pub const POOL_LEN: u32 = (LIST_LEN + WORKGROUP_SIZE).next_power_of_two();
+
+/// Slot value meaning "no candidate".
+pub const NONE_SLOT: u32 = u32::MAX;
+
+// The pending buffer must take one offer per thread without overflowing (select.wgsl).
+const _: () = assert!(POOL_LEN >= LIST_LEN + WORKGROUP_SIZE);
+
+/// The text of `shaders/<name>.wgsl`, compiled into the binary.
+macro_rules! wgsl {
+    ($name:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/",
+            $name,
+            ".wgsl"
+        ))
+    };
+}
+
+const SELECT: &str = wgsl!("select");
+const SCAN: &str = wgsl!("scan");
+const SCAN_F32: &str = wgsl!("scan_f32");
+const SCAN_F16: &str = wgsl!("scan_f16");
+const SCAN_INT8: &str = wgsl!("scan_int8");
+const MERGE: &str = wgsl!("merge");
+const PAIR: &str = wgsl!("pair");
+
+/// How a binding slot is accessed; the Rust twin of a row in a shader's header table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `var<storage, read>`.
+    StorageRead,
+    /// `var<storage, read_write>`.
+    StorageReadWrite,
+    /// `var<uniform>`.
+    Uniform,
+}
+
+const SCAN_BINDINGS: &[Access] = &[
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageReadWrite,
+    Access::Uniform,
+];
+const MERGE_BINDINGS: &[Access] = &[
+    Access::StorageRead,
+    Access::StorageReadWrite,
+    Access::Uniform,
+];
+const PAIR_BINDINGS: &[Access] = &[
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageReadWrite,
+    Access::Uniform,
+];
+
+/// One compute kernel: a composed WGSL module with one entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// 1:N scan over an f32 chunk.
+    ScanF32,
+    /// 1:N scan over an f16 chunk.
+    ScanF16,
+    /// 1:N scan over an int8 chunk.
+    ScanInt8,
+    /// Merge of per-stripe candidates into one list per probe.
+    Merge,
+    /// 1:1 scores in f32.
+    Pair,
+}
+
+impl Kernel {
+    /// Every kernel, for tests that walk them all.
+    pub const ALL: [Kernel; 5] = [
+        Kernel::ScanF32,
+        Kernel::ScanF16,
+        Kernel::ScanInt8,
+        Kernel::Merge,
+        Kernel::Pair,
+    ];
+
+    /// The scan kernel for a storage format.
+    pub fn scan(format: StorageFormat) -> Kernel {
+        match format {
+            StorageFormat::F32 => Kernel::ScanF32,
+            StorageFormat::F16 => Kernel::ScanF16,
+            StorageFormat::Int8 => Kernel::ScanInt8,
+        }
+    }
+
+    /// Label used in errors and debuggers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::ScanF32 => "scan_f32",
+            Kernel::ScanF16 => "scan_f16",
+            Kernel::ScanInt8 => "scan_int8",
+            Kernel::Merge => "merge",
+            Kernel::Pair => "pair",
+        }
+    }
+
+    /// Name of the kernel's entry point in its WGSL.
+    pub fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::ScanF32 | Kernel::ScanF16 | Kernel::ScanInt8 => "scan",
+            Kernel::Merge => "merge",
+            Kernel::Pair => "pair",
+        }
+    }
+
+    /// Access of binding slots 0, 1, ... of group 0, in slot order.
+    pub fn bindings(self) -> &'static [Access] {
+        match self {
+            Kernel::ScanF32 | Kernel::ScanF16 | Kernel::ScanInt8 => SCAN_BINDINGS,
+            Kernel::Merge => MERGE_BINDINGS,
+            Kernel::Pair => PAIR_BINDINGS,
+        }
+    }
+
+    /// The complete WGSL module: enable directives, the generated constants, then the files.
+    pub fn source(self) -> String {
+        let (enables, parts): (&str, &[&str]) = match self {
+            Kernel::ScanF32 => ("", &[SELECT, SCAN, SCAN_F32]),
+            Kernel::ScanF16 => ("enable f16;\n", &[SELECT, SCAN, SCAN_F16]),
+            Kernel::ScanInt8 => ("", &[SELECT, SCAN, SCAN_INT8]),
+            Kernel::Merge => ("", &[SELECT, MERGE]),
+            Kernel::Pair => ("", &[PAIR]),
+        };
+        let mut source = String::from(enables);
+        source.push_str(&prelude());
+        for part in parts {
+            source.push_str(part);
+            source.push('\n');
+        }
+        source
+    }
+}
+
+/// The generated constants every module starts with.
+fn prelude() -> String {
+    format!(
+        "// Generated from the constants in src/engine/gpu/shaders.rs.\n\
+         const WG_SIZE: u32 = {WORKGROUP_SIZE}u;\n\
+         const LIST_LEN: u32 = {LIST_LEN}u;\n\
+         const POOL_LEN: u32 = {POOL_LEN}u;\n\
+         const NONE_SLOT: u32 = {NONE_SLOT}u;\n"
+    )
+}
+
+/// A built kernel: its explicit bind group layout and its pipeline.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) pipeline: wgpu::ComputePipeline,
+}
+
+/// Builds `kernel` on `device`, catching compile and validation errors instead of letting
+/// wgpu's default handler panic.
+pub(crate) fn build(device: &wgpu::Device, kernel: Kernel) -> Result<Pipeline, GpuError> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings()
+        .iter()
+        .enumerate()
+        .map(|(slot, access)| layout_entry(slot as u32, *access))
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(kernel.name()),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(kernel.name()),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(kernel.name()),
+        source: wgpu::ShaderSource::Wgsl(Cow::Owned(kernel.source())),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(kernel.name()),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(kernel.entry_point()),
+        compilation_options: wgpu::PipelineCompilationOptions::default(),
+        cache: None,
+    });
+    if let Some(error) = pollster::block_on(scope.pop()) {
+        return Err(GpuError::Shader {
+            shader: kernel.name(),
+            message: error.to_string(),
+        });
+    }
+    Ok(Pipeline { layout, pipeline })
+}
+
+fn layout_entry(binding: u32, access: Access) -> wgpu::BindGroupLayoutEntry {
+    let ty = match access {
+        Access::StorageRead => wgpu::BufferBindingType::Storage { read_only: true },
+        Access::StorageReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+        Access::Uniform => wgpu::BufferBindingType::Uniform,
+    };
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
