@@ -303,7 +303,8 @@ mod x86 {
         for p in 0..P {
             for i in 0..R {
                 let mut dot = lane_sum(acc[p][i]);
-                for (j, &q) in probes[p].iter().enumerate().take(dim).skip(wide) {
+                let tail = &probes[p][wide..dim];
+                for (j, &q) in (wide..dim).zip(tail) {
                     // SAFETY: j < dim.
                     dot += unsafe { load1::<HALF>(rows[i], j) } * q;
                 }
