@@ -20,6 +20,9 @@ cargo build --release --locked -q
 bin=target/release/gatematch
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+# Mesa (probed by backend = "auto") wants a private runtime folder.
+mkdir -m 700 "$work/xdg"
+export XDG_RUNTIME_DIR="$work/xdg"
 
 $bin certs --out "$work/certs" --gates "$gates" >/dev/null
 $bin gallery synth "$work/gallery.h5" --persons "$persons" >/dev/null
