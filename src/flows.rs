@@ -1,7 +1,7 @@
 //! The decisions of the service, as plain functions over the other parts.
 //!
 //! [`Appliance`] owns the registry, the gallery and the batcher, and turns one decoded
-//! [`Request`] from a known gate into one [`Response`]. It has no sockets, so the whole
+//! [`proto::Request`] from a known gate into one [`proto::Response`]. It has no sockets, so the whole
 //! service tests in memory; [`crate::server`] only moves bytes between gates and
 //! [`Appliance::handle`].
 //!
