@@ -1,8 +1,8 @@
 //! The decisions of the service, as plain functions over the other parts.
 //!
 //! [`Appliance`] owns the registry, the gallery and the batcher, and turns one decoded
-//! [`proto::Request`] from a known gate into one [`proto::Response`]. It has no sockets, so the whole
-//! service tests in memory; [`crate::server`] only moves bytes between gates and
+//! [`proto::Request`] from a known gate into one [`proto::Response`]. It has no sockets, so
+//! the whole service tests in memory; [`crate::server`] only moves bytes between gates and
 //! [`Appliance::handle`].
 //!
 //! Order of effects: an enrolment or erasure is committed to the registry first; the registry's
