@@ -163,7 +163,11 @@ pub async fn serve(config: Config) -> Result<(), CommandError> {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
     let running = start(&config)?;
-    tracing::info!(addr = %running.addr, registry = %config.registry.path.display(), "appliance started");
+    tracing::info!(
+        addr = %running.addr,
+        registry = %config.registry.path.display(),
+        "appliance started"
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;

@@ -7,7 +7,8 @@
 //! groups take turns, so a row is read from memory once per batch, however large the batch:
 //!
 //! * at batch 1 the scan streams the gallery once and is bound by memory bandwidth;
-//! * at large batches every seven loads feed twelve fused multiply-adds, so the scan is bound by the FMA units, not by packing or memory.
+//! * at large batches every seven loads feed twelve fused multiply-adds, so the scan is bound
+//!   by the FMA units, not by packing or memory.
 //!
 //! The kernel is written with `std::arch` AVX2 + FMA behind run-time detection rather than
 //! left to the auto-vectoriser (which neither keeps twelve accumulators in registers nor fuses
