@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -42,45 +43,11 @@ fn export_import_export_is_bit_exact() {
         }
     }
     let a = dir.path().join("a.h5");
-    let out = gatematch(&[
-        "gallery",
-        "export",
-        a.to_str().unwrap(),
-        "--registry",
-        first.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
+    gallery_ok("export", &a, &first);
     let second = dir.path().join("second.db");
-    let out = gatematch(&[
-        "gallery",
-        "import",
-        a.to_str().unwrap(),
-        "--registry",
-        second.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gallery_ok("import", &a, &second);
     let b = dir.path().join("b.h5");
-    let out = gatematch(&[
-        "gallery",
-        "export",
-        b.to_str().unwrap(),
-        "--registry",
-        second.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gallery_ok("export", &b, &second);
 
     let (a, b) = (snapshot::read(&a).unwrap(), snapshot::read(&b).unwrap());
     assert_eq!(a.len(), 50);
@@ -130,17 +97,23 @@ fn import_refuses_while_an_appliance_holds_the_registry() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("held by another process"));
     drop(held);
 
+    let out = gallery_ok("import", &file, &db);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 10 templates"));
+}
+
+/// Runs `gatematch gallery VERB FILE --registry DB` and asserts it succeeded.
+fn gallery_ok(verb: &str, file: &Path, registry: &Path) -> std::process::Output {
     let out = gatematch(&[
         "gallery",
-        "import",
+        verb,
         file.to_str().unwrap(),
         "--registry",
-        db.to_str().unwrap(),
+        registry.to_str().unwrap(),
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 10 templates"));
+    out
 }

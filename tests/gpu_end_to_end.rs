@@ -38,44 +38,10 @@ async fn enrol_verify_identify_erase_on_the_gpu() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
 
     for person in 0..30 {
-        let response = gate.call(&enrol(person)).await.unwrap();
-        assert_eq!(
-            response.outcome,
-            proto::Outcome::Ok as i32,
-            "{}",
-            response.detail
-        );
+        enrol_ok(&gate, person).await;
     }
-    let genuine = verify_result(
-        gate.call(&verify(3, POPULATION.probe(3, &mut rng)))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        genuine.decision,
-        proto::Decision::Match as i32,
-        "score {}",
-        genuine.score
-    );
-    let impostor = verify_result(
-        gate.call(&verify(3, POPULATION.probe(4, &mut rng)))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        impostor.decision,
-        proto::Decision::NoMatch as i32,
-        "score {}",
-        impostor.score
-    );
-
-    let found = identify_result(
-        gate.call(&identify(POPULATION.probe(11, &mut rng), 3))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(found.candidates.len(), 3);
-    assert_eq!(found.candidates[0].person_id, POPULATION.person_id(11));
+    assert_genuine_and_impostor(&gate, 3, 4, &mut rng).await;
+    assert_identified_first(&gate, 11, 3, &mut rng).await;
 
     // Erasure reaches the GPU's copy before the next scan.
     let erased = gate.call(&erase(11)).await.unwrap();

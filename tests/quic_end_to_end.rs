@@ -82,38 +82,10 @@ async fn enrol_verify_identify_erase() {
         ));
     }
 
-    let genuine = verify_result(
-        gate.call(&verify(3, POPULATION.probe(3, &mut rng)))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        genuine.decision,
-        proto::Decision::Match as i32,
-        "score {}",
-        genuine.score
-    );
+    let (genuine, _) = assert_genuine_and_impostor(&gate, 3, 4, &mut rng).await;
     assert_eq!(genuine.measure, proto::Measure::Cosine as i32);
 
-    let impostor = verify_result(
-        gate.call(&verify(3, POPULATION.probe(4, &mut rng)))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        impostor.decision,
-        proto::Decision::NoMatch as i32,
-        "score {}",
-        impostor.score
-    );
-
-    let found = identify_result(
-        gate.call(&identify(POPULATION.probe(11, &mut rng), 3))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(found.candidates.len(), 3);
-    assert_eq!(found.candidates[0].person_id, POPULATION.person_id(11));
+    let found = assert_identified_first(&gate, 11, 3, &mut rng).await;
     assert!(found.candidates[0].score > found.candidates[1].score);
 
     // A second gate sees the first gate's enrolments at once.

@@ -143,3 +143,65 @@ pub fn identify_result(response: proto::Response) -> proto::IdentifyResult {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Enrols `person` through `gate` and asserts the appliance said "enrolled".
+pub async fn enrol_ok(gate: &GateClient, person: u64) -> proto::Response {
+    let response = gate.call(&enrol(person)).await.unwrap();
+    assert_eq!(
+        response.outcome,
+        proto::Outcome::Ok as i32,
+        "{}",
+        response.detail
+    );
+    response
+}
+
+/// Verifies `claimed` with a genuine probe and with `other`'s probe, asserting a match and a
+/// non-match; returns both results.
+pub async fn assert_genuine_and_impostor(
+    gate: &GateClient,
+    claimed: u64,
+    other: u64,
+    rng: &mut impl rand::Rng,
+) -> (proto::VerifyResult, proto::VerifyResult) {
+    let genuine = verify_result(
+        gate.call(&verify(claimed, POPULATION.probe(claimed, rng)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        genuine.decision,
+        proto::Decision::Match as i32,
+        "score {}",
+        genuine.score
+    );
+    let impostor = verify_result(
+        gate.call(&verify(claimed, POPULATION.probe(other, rng)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        impostor.decision,
+        proto::Decision::NoMatch as i32,
+        "score {}",
+        impostor.score
+    );
+    (genuine, impostor)
+}
+
+/// Identifies with a probe of `person` and asserts `person` ranks first among `k`.
+pub async fn assert_identified_first(
+    gate: &GateClient,
+    person: u64,
+    k: u32,
+    rng: &mut impl rand::Rng,
+) -> proto::IdentifyResult {
+    let found = identify_result(
+        gate.call(&identify(POPULATION.probe(person, rng), k))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(found.candidates.len(), k as usize);
+    assert_eq!(found.candidates[0].person_id, POPULATION.person_id(person));
+    found
+}
