@@ -13,6 +13,7 @@ use crate::config::{BackendChoice, Config, ConfigError, SYNTHETIC_MODEL};
 use crate::engine::Backend;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{GpuEngine, GpuError, GpuOptions};
+use crate::face::{CpuNetwork, EmbedError, Embedder, ModelError};
 use crate::flows::{Appliance, ApplianceError};
 use crate::gallery::snapshot::{self, Snapshot, SnapshotError};
 use crate::gate::GateError;
@@ -51,6 +52,12 @@ pub enum CommandError {
     /// `backend = "gpu"` was asked for and no GPU could be opened.
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// The face model file named in the configuration is missing or damaged.
+    #[error("face model: {0}")]
+    Model(#[from] ModelError),
+    /// The face network could not be set up.
+    #[error("face network: {0}")]
+    Embed(#[from] EmbedError),
     /// The metrics exporter could not start.
     #[error("metrics exporter: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
@@ -111,6 +118,33 @@ fn cpu_backend(config: &Config, why: &str) -> Arc<dyn Backend> {
     Arc::new(engine)
 }
 
+/// The descriptor network for face images when the configuration has a `[face]` section:
+/// the model file loaded and checked (a missing or damaged file stops the start with the
+/// fix in the message), on the backend `face.backend` asks for.
+pub fn face_embedder(config: &Config) -> Result<Option<Arc<dyn Embedder>>, CommandError> {
+    let Some(face) = &config.face else {
+        return Ok(None);
+    };
+    let model = crate::face::model::file::load_model(&face.model)?;
+    let threads = crate::face::embed::resolve_threads(face.threads);
+    // TODO: the WGSL network is not wired in yet; until it is, `auto` runs on the CPU and
+    // `gpu` is refused at start-up rather than silently served by the CPU.
+    if face.backend == BackendChoice::Gpu {
+        return Err(CommandError::Embed(EmbedError::BackendUnavailable {
+            backend: "gpu".into(),
+        }));
+    }
+    let network = CpuNetwork::new(&model, threads)?;
+    tracing::info!(
+        backend = "cpu",
+        threads,
+        model = %face.model.display(),
+        model_id = %face.model_id,
+        "face network loaded"
+    );
+    Ok(Some(Arc::new(network)))
+}
+
 /// An appliance running inside this process (the demo and the tests use it).
 pub struct RunningAppliance {
     /// Where it listens.
@@ -133,7 +167,11 @@ impl RunningAppliance {
 
 /// Opens the registry, loads the gallery and starts serving gates in a background task.
 pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
-    let appliance = Arc::new(Appliance::open(config, backend(config)?)?);
+    let appliance = Arc::new(Appliance::open(
+        config,
+        backend(config)?,
+        face_embedder(config)?,
+    )?);
     let endpoint = server::bind(&config.server)?;
     let addr = endpoint.local_addr().map_err(|source| CommandError::Io {
         path: PathBuf::from("udp socket"),

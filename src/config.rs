@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::engine::Measure;
 use crate::engine::batcher::BatchConfig;
 use crate::engine::gpu::StorageFormat;
+use crate::face::preprocess::DecodeLimits;
 use crate::gallery::ModelSpec;
 
 /// What can be wrong with a configuration.
@@ -62,6 +63,87 @@ pub struct Config {
     /// The models served; at least one.
     #[serde(default = "default_models")]
     pub models: Vec<ModelConfig>,
+    /// Face images from gates; without this section gates must send templates.
+    #[serde(default)]
+    pub face: Option<FaceConfig>,
+}
+
+/// Face images from gates: the descriptor network that turns them into templates, where it
+/// runs, how its work is batched and how large an image may be.
+///
+/// The descriptors are enrolled, and compared, as templates of the model `model_id`: a gallery
+/// shard of 128 values compared by Euclidean distance. Gates may also send such descriptors
+/// as templates themselves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceConfig {
+    /// The model file made by `gatematch model import`. Required.
+    pub model: PathBuf,
+    /// The model id the descriptors are enrolled under. Default `face-api-1.7.15`.
+    #[serde(default = "default_face_model_id")]
+    pub model_id: String,
+    /// Same person when the Euclidean distance of two descriptors is below this. Default 0.6,
+    /// the model's customary threshold.
+    #[serde(default = "default_face_threshold")]
+    pub threshold: f32,
+    /// Where the network runs: `auto`, `gpu` or `cpu`, as for `engine.backend`. Default
+    /// `auto`.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// CPU threads for the network; 0 means one per core. Default 0.
+    #[serde(default)]
+    pub threads: usize,
+    /// Most faces in one pass through the network. Default 16.
+    #[serde(default = "default_face_max_batch")]
+    pub max_batch: usize,
+    /// Longest the oldest face waits for its batch to fill, in microseconds. Default 2000.
+    #[serde(default = "default_face_max_wait_us")]
+    pub max_wait_us: u64,
+    /// Faces queued at most (about 270 KB each) before the answer is busy. Default 256.
+    #[serde(default = "default_face_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Largest encoded image accepted, in bytes. `server.max_message_bytes` bounds it too.
+    /// Default 1 MiB.
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: usize,
+    /// Largest width × height accepted. Default 16,000,000.
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
+}
+
+impl FaceConfig {
+    /// A face section with every default, for the model file at `model`.
+    pub fn with_model(model: &Path) -> FaceConfig {
+        FaceConfig {
+            model: model.to_owned(),
+            model_id: default_face_model_id(),
+            threshold: default_face_threshold(),
+            backend: BackendChoice::Auto,
+            threads: 0,
+            max_batch: default_face_max_batch(),
+            max_wait_us: default_face_max_wait_us(),
+            queue_capacity: default_face_queue_capacity(),
+            max_image_bytes: default_max_image_bytes(),
+            max_image_pixels: default_max_image_pixels(),
+        }
+    }
+
+    /// The embed lane's batching.
+    pub fn batch(&self) -> BatchConfig {
+        BatchConfig {
+            max_batch: self.max_batch,
+            max_wait: Duration::from_micros(self.max_wait_us),
+            queue_capacity: self.queue_capacity,
+        }
+    }
+
+    /// The limits images are decoded within.
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_file_bytes: self.max_image_bytes,
+            max_pixels: self.max_image_pixels,
+        }
+    }
 }
 
 /// The QUIC endpoint.
@@ -236,6 +318,31 @@ fn default_max_templates_per_enrol() -> usize {
     16
 }
 
+/// The model id face descriptors are enrolled under unless the configuration names another.
+pub const FACE_MODEL_ID: &str = "face-api-1.7.15";
+
+fn default_face_model_id() -> String {
+    FACE_MODEL_ID.into()
+}
+fn default_face_threshold() -> f32 {
+    crate::face::model::DEFAULT_THRESHOLD
+}
+fn default_face_max_batch() -> usize {
+    16
+}
+fn default_face_max_wait_us() -> u64 {
+    2_000
+}
+fn default_face_queue_capacity() -> usize {
+    256
+}
+fn default_max_image_bytes() -> usize {
+    1 << 20
+}
+fn default_max_image_pixels() -> u64 {
+    16_000_000
+}
+
 /// The model the simulated gates use: random unit vectors compared by cosine similarity.
 pub const SYNTHETIC_MODEL: &str = "synthetic-128";
 
@@ -297,7 +404,10 @@ impl Config {
             &mut config.server.private_key,
             &mut config.server.gate_ca,
             &mut config.registry.path,
-        ] {
+        ]
+        .into_iter()
+        .chain(config.face.as_mut().map(|f| &mut f.model))
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -330,6 +440,7 @@ impl Config {
             },
             engine: EngineConfig::default(),
             models: default_models(),
+            face: None,
         }
     }
 
@@ -362,20 +473,44 @@ impl Config {
         if self.server.max_message_bytes < 64 {
             return Err(invalid("server.max_message_bytes", "must be at least 64"));
         }
+        if let Some(face) = &self.face {
+            if self.models.iter().any(|m| m.id == face.model_id) {
+                return Err(invalid(
+                    "face.model_id",
+                    &format!(
+                        "{:?} is also listed under [[models]]; the face section defines it",
+                        face.model_id
+                    ),
+                ));
+            }
+            if !(face.threshold.is_finite() && face.threshold > 0.0) {
+                return Err(invalid("face.threshold", "must be a positive number"));
+            }
+            if face.max_batch == 0 {
+                return Err(invalid("face.max_batch", "must be at least 1"));
+            }
+            if face.queue_capacity == 0 {
+                return Err(invalid("face.queue_capacity", "must be at least 1"));
+            }
+        }
         Ok(())
     }
 
-    /// The models as the gallery wants them.
+    /// The models as the gallery wants them, the face model's last.
     pub fn model_specs(&self) -> Vec<ModelSpec> {
-        self.models
-            .iter()
-            .map(|m| ModelSpec {
-                id: m.id.clone(),
-                dimension: m.dimension,
-                measure: m.measure,
-                threshold: m.threshold,
-            })
-            .collect()
+        let listed = self.models.iter().map(|m| ModelSpec {
+            id: m.id.clone(),
+            dimension: m.dimension,
+            measure: m.measure,
+            threshold: m.threshold,
+        });
+        let face = self.face.iter().map(|f| ModelSpec {
+            id: f.model_id.clone(),
+            dimension: crate::face::model::DESCRIPTOR_DIM,
+            measure: Measure::Euclidean,
+            threshold: f.threshold,
+        });
+        listed.chain(face).collect()
     }
 
     /// The batcher's settings.

@@ -8,6 +8,11 @@
 //! Order of effects: an enrolment or erasure is committed to the registry first; the registry's
 //! commit hook then applies it to the gallery in commit order; only then is the gate answered.
 //! So "enrolled" means durable and already matchable, and "erased" means gone from both.
+//!
+//! A face image in a request becomes a template before anything else happens: it is decoded
+//! and cut on a blocking thread ([`crate::face::preprocess`]), its crop is batched with other
+//! gates' faces through the descriptor network ([`FaceBatcher`]), and the descriptor then goes
+//! the way a template sent by the gate would, as a template of the face model.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -15,7 +20,9 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::engine::Backend;
 use crate::engine::Measure;
-use crate::engine::batcher::{BatchError, Batcher, Job, JobOutput};
+use crate::engine::batcher::{BatchError, Batcher, FaceBatcher, Job, JobOutput};
+use crate::face::preprocess::{DecodeLimits, FaceBatch, FaceBox, Point, decode_image};
+use crate::face::{Descriptor, Embedder, ImageError};
 use crate::gallery::{Gallery, GalleryError};
 use crate::metrics;
 use crate::pki::GateIdentity;
@@ -79,6 +86,18 @@ impl From<BatchError> for Refusal {
     }
 }
 
+impl From<ImageError> for Refusal {
+    fn from(e: ImageError) -> Self {
+        let reason = match e {
+            ImageError::InvalidLandmarks { .. }
+            | ImageError::InvalidBox { .. }
+            | ImageError::EmptyFaceBox { .. } => Reason::BadFaceRegion,
+            _ => Reason::BadImage,
+        };
+        Refusal::new(reason, e.to_string())
+    }
+}
+
 impl From<RegistryError> for Refusal {
     fn from(e: RegistryError) -> Self {
         tracing::error!(error = %e, "registry write failed");
@@ -95,20 +114,34 @@ struct Limits {
     max_deadline: Duration,
 }
 
+/// Face images: the embed lane and what a face becomes.
+struct Faces {
+    batcher: FaceBatcher,
+    /// The model descriptors are templates of.
+    model_id: String,
+    limits: DecodeLimits,
+}
+
 /// The service: registry, gallery and engine behind one request handler.
 pub struct Appliance {
     gallery: Arc<RwLock<Gallery>>,
     registry: Registry,
     batcher: Batcher,
     backend: Arc<dyn Backend>,
+    faces: Option<Faces>,
     limits: Limits,
     started: Instant,
 }
 
 impl Appliance {
     /// Opens the registry named in `config`, loads the gallery from it and starts the batcher
-    /// on `backend`.
-    pub fn open(config: &Config, backend: Arc<dyn Backend>) -> Result<Appliance, ApplianceError> {
+    /// on `backend`; with a `[face]` section, also the embed lane on `embedder` (face images
+    /// are refused without one).
+    pub fn open(
+        config: &Config,
+        backend: Arc<dyn Backend>,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Appliance, ApplianceError> {
         let gallery = Arc::new(RwLock::new(Gallery::new(config.model_specs())));
         let hook_gallery = Arc::clone(&gallery);
         let hook =
@@ -117,11 +150,21 @@ impl Appliance {
         load_gallery(&gallery, &reader)?;
         drop(reader);
         let batcher = Batcher::start(config.batch(), Arc::clone(&gallery), Arc::clone(&backend));
+        let faces = config
+            .face
+            .as_ref()
+            .zip(embedder)
+            .map(|(face, embedder)| Faces {
+                batcher: FaceBatcher::start(face.batch(), embedder),
+                model_id: face.model_id.clone(),
+                limits: face.decode_limits(),
+            });
         Ok(Appliance {
             gallery,
             registry,
             batcher,
             backend,
+            faces,
             limits: Limits {
                 max_k: config.engine.max_k,
                 max_templates_per_enrol: config.engine.max_templates_per_enrol,
@@ -156,7 +199,7 @@ impl Appliance {
         };
         let deadline = received + asked;
         let (operation, result) = match request.operation {
-            Some(Operation::Enrol(r)) => ("enrol", self.enrol(gate, r).await),
+            Some(Operation::Enrol(r)) => ("enrol", self.enrol(gate, r, deadline).await),
             Some(Operation::Verify(r)) => ("verify", self.verify(r, deadline).await),
             Some(Operation::Identify(r)) => ("identify", self.identify(r, deadline).await),
             Some(Operation::Erase(r)) => ("erase", self.erase(gate, r).await),
@@ -188,22 +231,27 @@ impl Appliance {
         response
     }
 
-    async fn enrol(&self, gate: &GateIdentity, r: proto::EnrolRequest) -> Result<Answer, Refusal> {
+    async fn enrol(
+        &self,
+        gate: &GateIdentity,
+        r: proto::EnrolRequest,
+        deadline: Instant,
+    ) -> Result<Answer, Refusal> {
         check_person_id(&r.person_id)?;
-        if r.templates.is_empty() {
-            return Err(Refusal::malformed("enrol carries no template"));
+        let count = r.templates.len() + r.faces.len();
+        if count == 0 {
+            return Err(Refusal::malformed("enrol carries no template and no face"));
         }
-        if r.templates.len() > self.limits.max_templates_per_enrol {
+        if count > self.limits.max_templates_per_enrol {
             return Err(Refusal::new(
                 Reason::TooLarge,
                 format!(
-                    "enrol carries {} templates; at most {} are accepted",
-                    r.templates.len(),
+                    "enrol carries {count} templates and faces; at most {} are accepted",
                     self.limits.max_templates_per_enrol
                 ),
             ));
         }
-        let mut templates = Vec::with_capacity(r.templates.len());
+        let mut templates = Vec::with_capacity(count);
         for t in r.templates {
             check_template(&self.gallery, &t)?;
             templates.push(NewTemplate {
@@ -212,15 +260,30 @@ impl Appliance {
                 values: t.values,
             });
         }
+        let face_model_id = if r.faces.is_empty() {
+            String::new()
+        } else {
+            let faces = self.faces()?;
+            for descriptor in self.describe_faces(faces, r.faces, deadline).await? {
+                templates.push(NewTemplate {
+                    modality: proto::Modality::Face as i32,
+                    model_id: faces.model_id.clone(),
+                    values: descriptor.as_slice().to_vec(),
+                });
+            }
+            faces.model_id.clone()
+        };
         let change = Change::Enrol {
             person_id: r.person_id,
             templates,
             origin: origin(gate),
         };
         match self.registry.apply(change).await? {
-            Receipt::Enrolled { created, templates } => {
-                Ok(Answer::Enrol(proto::EnrolResult { created, templates }))
-            }
+            Receipt::Enrolled { created, templates } => Ok(Answer::Enrol(proto::EnrolResult {
+                created,
+                templates,
+                face_model_id,
+            })),
             other => {
                 tracing::error!(
                     ?other,
@@ -236,9 +299,7 @@ impl Appliance {
 
     async fn verify(&self, r: proto::VerifyRequest, deadline: Instant) -> Result<Answer, Refusal> {
         check_person_id(&r.person_id)?;
-        let probe = r
-            .probe
-            .ok_or_else(|| Refusal::malformed("verify carries no probe"))?;
+        let probe = self.probe("verify", r.probe, r.face, deadline).await?;
         let (shard, measure, threshold) = check_template(&self.gallery, &probe)?;
         let job = Job::Verify {
             shard,
@@ -259,6 +320,7 @@ impl Appliance {
             score,
             measure: wire_measure(measure) as i32,
             threshold,
+            model_id: probe.model_id,
         }))
     }
 
@@ -267,9 +329,6 @@ impl Appliance {
         r: proto::IdentifyRequest,
         deadline: Instant,
     ) -> Result<Answer, Refusal> {
-        let probe = r
-            .probe
-            .ok_or_else(|| Refusal::malformed("identify carries no probe"))?;
         let k = r.k.max(1);
         if k > self.limits.max_k {
             return Err(Refusal::malformed(format!(
@@ -277,7 +336,9 @@ impl Appliance {
                 self.limits.max_k
             )));
         }
+        let probe = self.probe("identify", r.probe, r.face, deadline).await?;
         let (shard, measure, threshold) = check_template(&self.gallery, &probe)?;
+        let model_id = probe.model_id;
         let job = Job::Identify {
             shard,
             probe: probe.values,
@@ -297,7 +358,81 @@ impl Appliance {
                 .collect(),
             measure: wire_measure(measure) as i32,
             threshold,
+            model_id,
         }))
+    }
+
+    /// The face lane, or the refusal of a face image by an appliance without a face model.
+    fn faces(&self) -> Result<&Faces, Refusal> {
+        self.faces.as_ref().ok_or_else(|| {
+            Refusal::new(
+                Reason::WrongModel,
+                "this appliance serves no face model; send templates instead of face images",
+            )
+        })
+    }
+
+    /// The probe of a verify or identify: the template sent, or the descriptor of the face
+    /// sent, as a template of the face model.
+    async fn probe(
+        &self,
+        operation: &str,
+        template: Option<proto::Template>,
+        face: Option<proto::FaceImage>,
+        deadline: Instant,
+    ) -> Result<proto::Template, Refusal> {
+        match (template, face) {
+            (Some(template), None) => Ok(template),
+            (None, Some(face)) => {
+                let faces = self.faces()?;
+                let descriptor = self.describe_faces(faces, vec![face], deadline).await?;
+                Ok(proto::Template {
+                    modality: proto::Modality::Face as i32,
+                    model_id: faces.model_id.clone(),
+                    values: descriptor
+                        .first()
+                        .map(|d| d.as_slice().to_vec())
+                        .unwrap_or_default(),
+                })
+            }
+            (None, None) => Err(Refusal::malformed(format!(
+                "{operation} carries neither a probe template nor a face"
+            ))),
+            (Some(_), Some(_)) => Err(Refusal::malformed(format!(
+                "{operation} carries both a probe template and a face; send one"
+            ))),
+        }
+    }
+
+    /// Decodes and cuts every face on the blocking pool, then queues all of their crops at
+    /// once so that they share a pass through the network.
+    async fn describe_faces(
+        &self,
+        faces: &Faces,
+        images: Vec<proto::FaceImage>,
+        deadline: Instant,
+    ) -> Result<Vec<Descriptor>, Refusal> {
+        let limits = faces.limits;
+        let crops = tokio::task::spawn_blocking(move || {
+            images
+                .iter()
+                .map(|face| face_crop(face, &limits))
+                .collect::<Result<Vec<_>, Refusal>>()
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "face decoding task failed");
+            Refusal::new(Reason::Internal, "face decoding failed")
+        })??;
+        let mut answers = Vec::with_capacity(crops.len());
+        for crop in crops {
+            answers.push(faces.batcher.submit(crop, deadline)?);
+        }
+        let mut descriptors = Vec::with_capacity(answers.len());
+        for answer in answers {
+            descriptors.push(answer.await.unwrap_or(Err(BatchError::Stopped))?);
+        }
+        Ok(descriptors)
     }
 
     async fn erase(&self, gate: &GateIdentity, r: proto::EraseRequest) -> Result<Answer, Refusal> {
@@ -345,8 +480,64 @@ impl Appliance {
             uptime_s: self.started.elapsed().as_secs(),
             gate_id: gate.gate_id.clone(),
             site: gate.site.clone(),
+            face_model_id: self
+                .faces
+                .as_ref()
+                .map(|f| f.model_id.clone())
+                .unwrap_or_default(),
+            face_backend: self
+                .faces
+                .as_ref()
+                .map(|f| f.batcher.backend_name().to_owned())
+                .unwrap_or_default(),
         })
     }
+}
+
+/// Landmark values in a face image: 68 points, x then y.
+const LANDMARK_VALUES: usize = 2 * crate::face::preprocess::crop::LANDMARK_COUNT;
+
+/// Decodes a gate's face image within `limits` and cuts the network's input from it.
+fn face_crop(face: &proto::FaceImage, limits: &DecodeLimits) -> Result<Vec<f32>, Refusal> {
+    let started = Instant::now();
+    let landmarks = match (face.landmarks.len(), face.ready_crop) {
+        (0, true) => None,
+        (LANDMARK_VALUES, false) => Some(
+            face.landmarks
+                .chunks_exact(2)
+                .map(|p| Point { x: p[0], y: p[1] })
+                .collect::<Vec<_>>(),
+        ),
+        (0, false) => {
+            return Err(Refusal::new(
+                Reason::BadFaceRegion,
+                "face image has neither landmarks nor ready_crop; send the 68 landmarks or \
+                 the cut-out face",
+            ));
+        }
+        (_, true) => {
+            return Err(Refusal::malformed(
+                "face image has both landmarks and ready_crop; send one",
+            ));
+        }
+        (n, false) => {
+            return Err(Refusal::new(
+                Reason::BadFaceRegion,
+                format!("face image has {n} landmark values; 136 (68 points, x then y) are needed"),
+            ));
+        }
+    };
+    let image = decode_image(&face.image, limits)?;
+    let face_box = match landmarks {
+        None => FaceBox::whole(image.width(), image.height()),
+        Some(points) => {
+            crate::face::preprocess::descriptor_box(&points, image.width(), image.height())?
+        }
+    };
+    let mut batch = FaceBatch::with_capacity(1);
+    batch.push_face(&image, face_box)?;
+    metrics::face_decode(started.elapsed());
+    Ok(batch.as_slice().to_vec())
 }
 
 /// Builds the response for a result.
@@ -382,6 +573,8 @@ pub fn reason_label(reason: Reason) -> &'static str {
         Reason::TooLarge => "too_large",
         Reason::NotPermitted => "not_permitted",
         Reason::Internal => "internal",
+        Reason::BadImage => "bad_image",
+        Reason::BadFaceRegion => "bad_face_region",
     }
 }
 

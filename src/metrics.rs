@@ -57,6 +57,17 @@ const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
+/// Time to decode one face image and cut the network's input from it.
+pub const DECODE_SECONDS: &str = "gatematch_face_decode_seconds";
+/// Network time for one batch of faces.
+pub const EMBED_SECONDS: &str = "gatematch_embed_seconds";
+/// Faces per network batch.
+pub const EMBED_BATCH_SIZE: &str = "gatematch_embed_batch_size";
+/// Time a face waited in the embed queue.
+pub const EMBED_QUEUE_WAIT_SECONDS: &str = "gatematch_embed_queue_wait_seconds";
+/// Faces waiting in the embed queue.
+pub const EMBED_QUEUE_DEPTH: &str = "gatematch_embed_queue_depth";
+
 /// Installs the global recorder and, when `listen` is given, its HTTP `/metrics` listener;
 /// returns a handle that renders the same text the listener serves. Must run inside a Tokio
 /// runtime, once per process.
@@ -64,6 +75,7 @@ pub fn install(listen: Option<SocketAddr>) -> Result<PrometheusHandle, BuildErro
     let mut builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), COUNT_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(EMBED_BATCH_SIZE.into()), COUNT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(COMMIT_SIZE.into()), COUNT_BUCKETS)?;
     let handle = match listen {
         Some(addr) => {
@@ -127,6 +139,23 @@ fn describe() {
         GPU_GALLERY_BYTES,
         Unit::Bytes,
         "Device memory held for gallery copies"
+    );
+    describe_histogram!(
+        DECODE_SECONDS,
+        Unit::Seconds,
+        "Decoding one face image and cutting its crop"
+    );
+    describe_histogram!(EMBED_SECONDS, Unit::Seconds, "Network time for one batch of faces");
+    describe_histogram!(EMBED_BATCH_SIZE, Unit::Count, "Faces per network batch");
+    describe_histogram!(
+        EMBED_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a face waited in the embed queue"
+    );
+    describe_gauge!(
+        EMBED_QUEUE_DEPTH,
+        Unit::Count,
+        "Faces waiting in the embed queue"
     );
     describe_counter!(
         BACKEND_FAILOVERS,
@@ -209,4 +238,25 @@ pub fn backend_failover(from: &'static str, to: &'static str, adapter: &str) {
 /// Sets the device memory held for gallery copies.
 pub fn gpu_gallery_bytes(bytes: u64) {
     gauge!(GPU_GALLERY_BYTES).set(bytes as f64);
+}
+
+/// Records the decoding and cutting of one face image.
+pub fn face_decode(took: Duration) {
+    histogram!(DECODE_SECONDS).record(took.as_secs_f64());
+}
+
+/// Records one batch of faces through the network.
+pub fn embed_batch(faces: usize, took: Duration) {
+    histogram!(EMBED_BATCH_SIZE).record(faces as f64);
+    histogram!(EMBED_SECONDS).record(took.as_secs_f64());
+}
+
+/// Records how long a face waited for its batch.
+pub fn embed_queue_wait(waited: Duration) {
+    histogram!(EMBED_QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
+/// Sets the embed queue's depth.
+pub fn embed_queue_depth(faces: usize) {
+    gauge!(EMBED_QUEUE_DEPTH).set(faces as f64);
 }

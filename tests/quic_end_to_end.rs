@@ -77,7 +77,8 @@ async fn enrol_verify_identify_erase() {
             response.result,
             Some(Answer::Enrol(proto::EnrolResult {
                 created: true,
-                templates: 1
+                templates: 1,
+                ..
             }))
         ));
     }
@@ -229,6 +230,7 @@ async fn bad_input_gets_a_typed_refusal_and_other_gates_keep_being_served() {
     let wrong_model = request(Operation::Identify(proto::IdentifyRequest {
         probe: Some(other_model),
         k: 1,
+        ..Default::default()
     }));
     assert_eq!(
         refusal(&gate.call(&wrong_model).await.unwrap()),

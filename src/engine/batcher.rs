@@ -1,14 +1,20 @@
 //! The dynamic batcher between the server and the engine.
 //!
-//! Requests from every gate go into one bounded queue. A worker thread takes the oldest,
+//! The engine does two kinds of work, each with its own lane: [`Batcher`] scores probes
+//! against the gallery, [`FaceBatcher`] runs face crops through the descriptor network. In
+//! both, requests from every gate go into one bounded queue; a worker thread takes the oldest,
 //! gathers more until the batch is full or the oldest has waited its budget, and runs the
-//! batch at once: every 1:N probe of a model in a single pass over that model's shard. The
-//! queue never grows past its bound: a full queue answers [`BatchError::Busy`] at once, and a
-//! request whose deadline passed while it waited is answered
-//! [`BatchError::DeadlineExceeded`] without being computed.
+//! batch at once: every 1:N probe of a model in a single pass over that model's shard, every
+//! face in one pass through the network. The queue never grows past its bound: a full queue
+//! answers [`BatchError::Busy`] at once, and a request whose deadline passed while it waited
+//! is answered [`BatchError::DeadlineExceeded`] without being computed.
 //!
-//! The worker reads the gallery under its read lock for the whole batch, so slots resolve to
-//! the persons that owned them when they were scored.
+//! The lanes are separate because their costs are three orders apart (a face takes
+//! milliseconds of network, a 1:1 score microseconds): a verify with a template must not wait
+//! behind a batch of faces.
+//!
+//! The scoring worker reads the gallery under its read lock for the whole batch, so slots
+//! resolve to the persons that owned them when they were scored.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -19,6 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{Backend, Candidate, EngineError};
+use crate::face::preprocess::FaceBatch;
+use crate::face::{Descriptor, Embedder};
 use crate::gallery::{Gallery, PersonIndex, Shard};
 use crate::metrics;
 
@@ -113,9 +121,7 @@ struct Work {
 /// The handle gates' requests are submitted through.
 #[derive(Clone)]
 pub struct Batcher {
-    queue: SyncSender<Work>,
-    depth: Arc<AtomicUsize>,
-    capacity: usize,
+    lane: Lane<Work>,
 }
 
 impl Batcher {
@@ -126,27 +132,27 @@ impl Batcher {
         backend: Arc<dyn Backend>,
     ) -> Self {
         let (queue, incoming) = mpsc::sync_channel(config.queue_capacity);
-        let depth = Arc::new(AtomicUsize::new(0));
+        let lane = Lane {
+            queue,
+            depth: Arc::new(AtomicUsize::new(0)),
+            capacity: config.queue_capacity,
+        };
         let worker = Worker {
-            config: config.clone(),
+            config,
             gallery,
             backend,
-            depth: Arc::clone(&depth),
+            depth: Arc::clone(&lane.depth),
         };
         thread::Builder::new()
             .name("gatematch-batcher".into())
             .spawn(move || worker.run(incoming))
             .expect("spawning the batcher thread at start-up");
-        Batcher {
-            queue,
-            depth,
-            capacity: config.queue_capacity,
-        }
+        Batcher { lane }
     }
 
     /// Requests waiting now.
     pub fn queue_depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
+        self.lane.depth.load(Ordering::Relaxed)
     }
 
     /// Queues `job`, to be run before `deadline`; the answer comes through the receiver.
@@ -162,22 +168,8 @@ impl Batcher {
             deadline,
             reply,
         };
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.queue.try_send(work) {
-            Ok(()) => {
-                metrics::queue_depth(self.queue_depth());
-                Ok(answer)
-            }
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => BatchError::Busy {
-                        capacity: self.capacity,
-                    },
-                    TrySendError::Disconnected(_) => BatchError::Stopped,
-                })
-            }
-        }
+        metrics::queue_depth(self.lane.push(work)?);
+        Ok(answer)
     }
 
     /// Queues `job` and waits for its answer.
@@ -194,23 +186,34 @@ struct Worker {
     depth: Arc<AtomicUsize>,
 }
 
+/// Takes the oldest waiting item and whatever else arrives until `max_batch` items are in hand
+/// or the oldest has waited `max_wait`; `None` once every sender is gone.
+fn gather<W>(
+    incoming: &mpsc::Receiver<W>,
+    config: &BatchConfig,
+    enqueued: impl Fn(&W) -> Instant,
+) -> Option<Vec<W>> {
+    let first = incoming.recv().ok()?;
+    let flush_at = enqueued(&first) + config.max_wait;
+    let mut batch = vec![first];
+    while batch.len() < config.max_batch {
+        let now = Instant::now();
+        let next = if now >= flush_at {
+            incoming.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+        } else {
+            incoming.recv_timeout(flush_at - now)
+        };
+        match next {
+            Ok(work) => batch.push(work),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 impl Worker {
     fn run(self, incoming: mpsc::Receiver<Work>) {
-        while let Ok(first) = incoming.recv() {
-            let flush_at = first.enqueued + self.config.max_wait;
-            let mut batch = vec![first];
-            while batch.len() < self.config.max_batch {
-                let now = Instant::now();
-                let next = if now >= flush_at {
-                    incoming.try_recv().map_err(|_| RecvTimeoutError::Timeout)
-                } else {
-                    incoming.recv_timeout(flush_at - now)
-                };
-                match next {
-                    Ok(work) => batch.push(work),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = gather(&incoming, &self.config, |w| w.enqueued) {
             let left = self.depth.fetch_sub(batch.len(), Ordering::Relaxed) - batch.len();
             metrics::queue_depth(left);
             self.run_batch(batch);
@@ -403,6 +406,169 @@ fn distinct_persons(
 fn engine_error(e: EngineError) -> BatchError {
     tracing::error!(error = %e, "engine failed on a batch");
     BatchError::Engine(e.to_string())
+}
+
+/// A bounded queue in front of a worker, with the depth it reports and the bound it enforces.
+struct Lane<W> {
+    queue: SyncSender<W>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl<W> Clone for Lane<W> {
+    fn clone(&self) -> Self {
+        Lane {
+            queue: self.queue.clone(),
+            depth: Arc::clone(&self.depth),
+            capacity: self.capacity,
+        }
+    }
+}
+
+impl<W> Lane<W> {
+    /// Queues `work`, or refuses it at once when the queue is full.
+    fn push(&self, work: W) -> Result<usize, BatchError> {
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        self.queue.try_send(work).map(|()| depth).map_err(|e| {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => BatchError::Busy {
+                    capacity: self.capacity,
+                },
+                TrySendError::Disconnected(_) => BatchError::Stopped,
+            }
+        })
+    }
+}
+
+/// One face waiting for the network.
+struct FaceWork {
+    /// The normalised crop, [`crate::face::preprocess::crop::INPUT_LEN`] values.
+    input: Vec<f32>,
+    enqueued: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Descriptor, BatchError>>,
+}
+
+/// The handle face crops are submitted through, to be embedded in batches across gates.
+#[derive(Clone)]
+pub struct FaceBatcher {
+    lane: Lane<FaceWork>,
+    backend: &'static str,
+}
+
+impl FaceBatcher {
+    /// Starts the worker thread over `embedder`.
+    pub fn start(config: BatchConfig, embedder: Arc<dyn Embedder>) -> Self {
+        let (queue, incoming) = mpsc::sync_channel(config.queue_capacity);
+        let lane = Lane {
+            queue,
+            depth: Arc::new(AtomicUsize::new(0)),
+            capacity: config.queue_capacity,
+        };
+        let backend = embedder.name();
+        let depth = Arc::clone(&lane.depth);
+        thread::Builder::new()
+            .name("gatematch-embed".into())
+            .spawn(move || {
+                let mut faces = FaceBatch::with_capacity(config.max_batch);
+                while let Some(batch) = gather(&incoming, &config, |w: &FaceWork| w.enqueued) {
+                    let left = depth.fetch_sub(batch.len(), Ordering::Relaxed) - batch.len();
+                    metrics::embed_queue_depth(left);
+                    embed_batch(embedder.as_ref(), &mut faces, batch);
+                }
+            })
+            .expect("spawning the embed thread at start-up");
+        FaceBatcher { lane, backend }
+    }
+
+    /// The name of the embedder the worker runs ("cpu" or "gpu").
+    pub fn backend_name(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Faces waiting now.
+    pub fn queue_depth(&self) -> usize {
+        self.lane.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queues one normalised crop (see [`FaceBatch::push_normalized`]) to be embedded before
+    /// `deadline`; the descriptor comes through the receiver. Crops queued together (the faces
+    /// of one enrolment) share a batch.
+    pub fn submit(
+        &self,
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<Result<Descriptor, BatchError>>, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        let work = FaceWork {
+            input,
+            enqueued: Instant::now(),
+            deadline,
+            reply,
+        };
+        metrics::embed_queue_depth(self.lane.push(work)?);
+        Ok(answer)
+    }
+
+    /// Queues one crop and waits for its descriptor.
+    pub async fn embed(&self, input: Vec<f32>, deadline: Instant) -> Result<Descriptor, BatchError> {
+        let answer = self.submit(input, deadline)?;
+        answer.await.unwrap_or(Err(BatchError::Stopped))
+    }
+}
+
+/// Runs one gathered batch of faces through `embedder` and answers each.
+fn embed_batch(embedder: &dyn Embedder, faces: &mut FaceBatch, batch: Vec<FaceWork>) {
+    let started = Instant::now();
+    faces.clear();
+    let mut live = Vec::with_capacity(batch.len());
+    for work in batch {
+        metrics::embed_queue_wait(started - work.enqueued);
+        if started > work.deadline {
+            let waited_ms = (started - work.enqueued).as_millis() as u64;
+            let _ = work
+                .reply
+                .send(Err(BatchError::DeadlineExceeded { waited_ms }));
+        } else if !faces.push_normalized(&work.input) {
+            tracing::error!("a face crop of the wrong length reached the embed queue");
+            let _ = work
+                .reply
+                .send(Err(BatchError::Engine("face crop of the wrong length".into())));
+        } else {
+            live.push(work);
+        }
+    }
+    if live.is_empty() {
+        return;
+    }
+    let result = embedder.embed(faces);
+    metrics::embed_batch(live.len(), started.elapsed());
+    match result {
+        Ok(descriptors) if descriptors.len() == live.len() => {
+            for (work, descriptor) in live.into_iter().zip(descriptors) {
+                let _ = work.reply.send(Ok(descriptor));
+            }
+        }
+        Ok(descriptors) => {
+            tracing::error!(
+                faces = live.len(),
+                descriptors = descriptors.len(),
+                "the network returned another number of descriptors than faces"
+            );
+            for work in live {
+                let _ = work
+                    .reply
+                    .send(Err(BatchError::Engine("descriptor count mismatch".into())));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the face network failed on a batch");
+            for work in live {
+                let _ = work.reply.send(Err(BatchError::Engine(e.to_string())));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

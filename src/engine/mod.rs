@@ -39,7 +39,8 @@ pub use topk::TopK;
 pub enum Measure {
     /// Cosine similarity; higher is more alike; a match is `score >= threshold`.
     Cosine,
-    /// Euclidean distance; lower is more alike; a match is `score <= threshold`.
+    /// Euclidean distance; lower is more alike; a match is `score < threshold`, strictly, as
+    /// the face model's reference (face-api's `FaceMatcher`) decides.
     Euclidean,
 }
 
@@ -56,7 +57,7 @@ impl Measure {
     pub fn is_match(self, score: f32, threshold: f32) -> bool {
         match self {
             Measure::Cosine => score >= threshold,
-            Measure::Euclidean => score <= threshold,
+            Measure::Euclidean => score < threshold,
         }
     }
 

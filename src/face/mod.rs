@@ -41,5 +41,5 @@ pub mod network;
 pub mod preprocess;
 
 pub use model::{FaceModel, ModelError};
-pub use network::{CpuNetwork, Descriptor, EmbedError};
+pub use network::{CpuNetwork, Descriptor, EmbedError, Embedder};
 pub use preprocess::{FaceBatch, FaceBox, ImageError, Point};

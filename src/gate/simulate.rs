@@ -278,6 +278,7 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
             Operation::Enrol(proto::EnrolRequest {
                 person_id: sim.population.person_id(*i),
                 templates: vec![template(sim.population.template(*i))],
+                ..Default::default()
             }),
         ),
         Intent::Verify { claimed, genuine } => {
@@ -291,6 +292,7 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
                 Operation::Verify(proto::VerifyRequest {
                     person_id: sim.population.person_id(*claimed),
                     probe: Some(template(sim.population.probe(who, &mut rng))),
+                    ..Default::default()
                 }),
             )
         }
@@ -299,6 +301,7 @@ async fn one_request(client: &GateClient, shared: &Shared, seed: u64) {
             Operation::Identify(proto::IdentifyRequest {
                 probe: Some(template(sim.population.probe(*who, &mut rng))),
                 k: sim.identify_k,
+                ..Default::default()
             }),
         ),
     };

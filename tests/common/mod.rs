@@ -88,6 +88,7 @@ pub fn enrol(person: u64) -> proto::Request {
     request(Operation::Enrol(proto::EnrolRequest {
         person_id: POPULATION.person_id(person),
         templates: vec![template(POPULATION.template(person))],
+        ..Default::default()
     }))
 }
 
@@ -95,6 +96,7 @@ pub fn verify(claimed: u64, probe: Vec<f32>) -> proto::Request {
     request(Operation::Verify(proto::VerifyRequest {
         person_id: POPULATION.person_id(claimed),
         probe: Some(template(probe)),
+        ..Default::default()
     }))
 }
 
@@ -102,6 +104,7 @@ pub fn identify(probe: Vec<f32>, k: u32) -> proto::Request {
     request(Operation::Identify(proto::IdentifyRequest {
         probe: Some(template(probe)),
         k,
+        ..Default::default()
     }))
 }
 

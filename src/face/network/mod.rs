@@ -21,7 +21,26 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::face::model::{DESCRIPTOR_DIM, ModelError};
-use crate::face::preprocess::ImageError;
+use crate::face::preprocess::{FaceBatch, ImageError};
+
+/// A descriptor network that the engine batches faces through: [`CpuNetwork`], or the WGSL one.
+pub trait Embedder: Send + Sync {
+    /// The backend's name, "cpu" or "gpu", for logs, metrics and the status answer.
+    fn name(&self) -> &'static str;
+
+    /// Descriptors of every face in `batch`, in order.
+    fn embed(&self, batch: &FaceBatch) -> Result<Vec<Descriptor>, EmbedError>;
+}
+
+impl Embedder for CpuNetwork {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn embed(&self, batch: &FaceBatch) -> Result<Vec<Descriptor>, EmbedError> {
+        Ok(self.describe(batch))
+    }
+}
 
 /// A face descriptor: 128 values compared by Euclidean distance (not unit length; the norm is
 /// near 1.4 for real faces).

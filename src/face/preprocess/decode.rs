@@ -1,8 +1,13 @@
-//! Bounded decoding of JPEG and PNG into 8-bit RGB.
+//! Bounded decoding of JPEG, PNG and JPEG 2000 into 8-bit RGB.
 //!
 //! Size is checked three times: the encoded length before anything is parsed, the declared
-//! dimensions from the header before pixels are allocated, and the decoder's own allocation
-//! limit while decoding. EXIF orientation is not applied (nor does the reference pipeline).
+//! dimensions from the header before pixels are allocated, and (JPEG and PNG) the decoder's
+//! own allocation limit while decoding. EXIF orientation is not applied (nor does the reference
+//! pipeline).
+//!
+//! JPEG 2000 is what most passport and resident-card chips hold in DG2; both the JP2 container
+//! and a bare codestream are accepted. The decoder is hayro-jpeg2000, pure Rust with unsafe code
+//! forbidden: the bytes come from a gate and, before that, from a chip nobody here issued.
 
 use std::fmt;
 use std::io::Cursor;
@@ -84,14 +89,17 @@ impl fmt::Debug for RgbImage {
     }
 }
 
-/// Decodes a JPEG or PNG image into RGB within `limits`. Alpha is dropped, grey is replicated,
-/// 16-bit samples are scaled to 8 bits.
+/// Decodes a JPEG, PNG or JPEG 2000 image into RGB within `limits`. Alpha is dropped, grey is
+/// replicated, samples of more than 8 bits are scaled to 8.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
     if bytes.len() > limits.max_file_bytes {
         return Err(ImageError::FileTooLarge {
             bytes: bytes.len(),
             limit_bytes: limits.max_file_bytes,
         });
+    }
+    if is_jpeg2000(bytes) {
+        return decode_jpeg2000(bytes, limits);
     }
     let format = image::guess_format(bytes).map_err(|_| ImageError::UnsupportedFormat)?;
     if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png) {
@@ -139,6 +147,81 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Ima
     }
     let rgb = decoded.into_rgb8();
     RgbImage::from_raw(width, height, rgb.into_raw()).ok_or(ImageError::Empty)
+}
+
+/// The JP2 container's signature box, and the start of a bare codestream (SOC then SIZ).
+const JP2_SIGNATURE: &[u8] = b"\x00\x00\x00\x0cjP  \r\n\x87\n";
+const J2K_CODESTREAM: &[u8] = b"\xff\x4f\xff\x51";
+
+fn is_jpeg2000(bytes: &[u8]) -> bool {
+    bytes.starts_with(JP2_SIGNATURE) || bytes.starts_with(J2K_CODESTREAM)
+}
+
+fn decode_jpeg2000(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    use hayro_jpeg2000::{ColorSpace, DecodeSettings, DecoderContext, Image};
+
+    let malformed = |e: hayro_jpeg2000::DecodeError| ImageError::Malformed {
+        reason: format!("JPEG 2000: {e}"),
+    };
+    // Parsing reads the headers only; the pixels are decoded below, after the size check.
+    let image = Image::new(bytes, &DecodeSettings::default()).map_err(malformed)?;
+    let (width, height) = (image.width(), image.height());
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty);
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            limit_pixels: limits.max_pixels,
+        });
+    }
+    let colour_channels = match image.color_space() {
+        ColorSpace::Gray => 1,
+        ColorSpace::RGB => 3,
+        // An embedded ICC profile of three channels is an RGB space; its small colour shifts
+        // are not applied (nor would a browser-free reference apply them).
+        ColorSpace::Icc {
+            num_channels: 3, ..
+        } => 3,
+        ColorSpace::Icc {
+            num_channels: 1, ..
+        } => 1,
+        _ => return Err(ImageError::UnsupportedFormat),
+    };
+    let channels = colour_channels + usize::from(image.has_alpha());
+    let mut context = DecoderContext::default();
+    // The decoder forbids unsafe code but may still panic on a bug; a gate's bytes must not
+    // take the process down.
+    let interleaved = catch_unwind(AssertUnwindSafe(|| {
+        image.decode(&mut context).map(|decoded| decoded.data_u8())
+    }))
+    .map_err(|_| ImageError::Malformed {
+        reason: "JPEG 2000 decoder failed internally".to_owned(),
+    })?
+    .map_err(malformed)?;
+    let pixels = width as usize * height as usize;
+    if interleaved.len() != pixels * channels {
+        return Err(ImageError::Malformed {
+            reason: format!(
+                "JPEG 2000 decoded to {} samples, not {width}x{height}x{channels}",
+                interleaved.len()
+            ),
+        });
+    }
+    let rgb = if colour_channels == 3 && channels == 3 {
+        interleaved
+    } else {
+        let mut rgb = Vec::with_capacity(pixels * 3);
+        for pixel in interleaved.chunks_exact(channels) {
+            match colour_channels {
+                1 => rgb.extend_from_slice(&[pixel[0]; 3]),
+                _ => rgb.extend_from_slice(&pixel[..3]),
+            }
+        }
+        rgb
+    };
+    RgbImage::from_raw(width, height, rgb).ok_or(ImageError::Empty)
 }
 
 /// Whether `first`, `second` start a marker that ends entropy-coded data: `FF` followed by

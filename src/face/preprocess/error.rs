@@ -28,8 +28,9 @@ pub enum ImageError {
     /// The image has no pixels.
     #[error("image has zero width or height")]
     Empty,
-    /// The bytes are not a JPEG or PNG image.
-    #[error("unsupported image format (JPEG and PNG are accepted)")]
+    /// The bytes are not a JPEG, PNG or JPEG 2000 image, or a JPEG 2000 image of a colour
+    /// space other than grey or RGB.
+    #[error("unsupported image format (JPEG, PNG and JPEG 2000 in grey or RGB are accepted)")]
     UnsupportedFormat,
     /// The file is truncated or malformed.
     #[error("image cannot be decoded: {reason}")]
