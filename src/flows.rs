@@ -531,7 +531,12 @@ fn face_crop(face: &proto::FaceImage, limits: &DecodeLimits) -> Result<Vec<f32>,
     let face_box = match landmarks {
         None => FaceBox::whole(image.width(), image.height()),
         Some(points) => {
-            crate::face::preprocess::descriptor_box(&points, image.width(), image.height())?
+            let frame = |given: u32, whole: u32| if given == 0 { whole } else { given };
+            crate::face::preprocess::descriptor_box(
+                &points,
+                frame(face.landmarks_frame_width, image.width()),
+                frame(face.landmarks_frame_height, image.height()),
+            )?
         }
     };
     let mut batch = FaceBatch::with_capacity(1);

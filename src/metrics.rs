@@ -145,7 +145,11 @@ fn describe() {
         Unit::Seconds,
         "Decoding one face image and cutting its crop"
     );
-    describe_histogram!(EMBED_SECONDS, Unit::Seconds, "Network time for one batch of faces");
+    describe_histogram!(
+        EMBED_SECONDS,
+        Unit::Seconds,
+        "Network time for one batch of faces"
+    );
     describe_histogram!(EMBED_BATCH_SIZE, Unit::Count, "Faces per network batch");
     describe_histogram!(
         EMBED_QUEUE_WAIT_SECONDS,

@@ -164,3 +164,80 @@ fn corrupted_bytes_never_panic() {
         let _ = decode_image(&bytes[..cut], &limits);
     }
 }
+
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(face_support::fixture_dir().join(name)).unwrap()
+}
+
+#[test]
+fn jpeg2000_codestream_and_container_decode_exactly() {
+    let limits = DecodeLimits::default();
+    // A bare grey codestream, lossless: the same pixels as its PNG twin, replicated to RGB.
+    let from_j2k = decode_image(&fixture_bytes("grey.j2k"), &limits).unwrap();
+    let from_png = decode_image(&fixture_bytes("grey.png"), &limits).unwrap();
+    assert_eq!((from_j2k.width(), from_j2k.height()), (37, 23));
+    assert_eq!(from_j2k.as_bytes(), from_png.as_bytes());
+    assert!(
+        from_j2k
+            .as_bytes()
+            .chunks(3)
+            .any(|p| p[0] != from_j2k.as_bytes()[0]),
+        "the pattern is not flat"
+    );
+
+    // A JP2 file, lossless RGB: the reference's face box of obama2.jpg, pixel for pixel.
+    let crop = decode_image(&fixture_bytes("obama2_crop.jp2"), &limits).unwrap();
+    let photo = decode_image(&jpeg(), &limits).unwrap();
+    let (x0, y0, side) = (121usize, 270usize, 363usize);
+    assert_eq!((crop.width(), crop.height()), (side as u32, side as u32));
+    let row_bytes = photo.width() as usize * 3;
+    for y in 0..side {
+        let from_photo = &photo.as_bytes()[(y0 + y) * row_bytes + x0 * 3..][..side * 3];
+        let from_jp2 = &crop.as_bytes()[y * side * 3..][..side * 3];
+        assert_eq!(from_photo, from_jp2, "row {y}");
+    }
+}
+
+#[test]
+fn damaged_or_oversized_jpeg2000_is_refused() {
+    let limits = DecodeLimits::default();
+    let chip = fixture_bytes("obama2_chip.jp2");
+    assert!(decode_image(&chip, &limits).is_ok());
+    // Cut anywhere past the signature, the file is refused or decodes to the full size, never
+    // a panic.
+    for cut in [12, 40, 100, 400, chip.len() / 2, chip.len() - 10] {
+        match decode_image(&chip[..cut], &limits) {
+            Ok(rgb) => assert_eq!((rgb.width(), rgb.height()), (390, 500), "cut at {cut}"),
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    ImageError::Malformed { .. } | ImageError::UnsupportedFormat
+                ),
+                "cut at {cut}: {e}"
+            ),
+        }
+    }
+    // The signature followed by noise.
+    let mut noise = chip[..12].to_vec();
+    let mut x = 0x2545_f491_u32;
+    noise.extend((0..4096).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as u8
+    }));
+    assert!(decode_image(&noise, &limits).is_err());
+    // The pixel limit is checked from the header, before any pixel is decoded.
+    let small = DecodeLimits {
+        max_pixels: 390 * 500 - 1,
+        ..limits
+    };
+    assert!(matches!(
+        decode_image(&chip, &small),
+        Err(ImageError::TooManyPixels {
+            width: 390,
+            height: 500,
+            ..
+        })
+    ));
+}

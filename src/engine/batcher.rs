@@ -512,7 +512,11 @@ impl FaceBatcher {
     }
 
     /// Queues one crop and waits for its descriptor.
-    pub async fn embed(&self, input: Vec<f32>, deadline: Instant) -> Result<Descriptor, BatchError> {
+    pub async fn embed(
+        &self,
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Descriptor, BatchError> {
         let answer = self.submit(input, deadline)?;
         answer.await.unwrap_or(Err(BatchError::Stopped))
     }
@@ -532,9 +536,9 @@ fn embed_batch(embedder: &dyn Embedder, faces: &mut FaceBatch, batch: Vec<FaceWo
                 .send(Err(BatchError::DeadlineExceeded { waited_ms }));
         } else if !faces.push_normalized(&work.input) {
             tracing::error!("a face crop of the wrong length reached the embed queue");
-            let _ = work
-                .reply
-                .send(Err(BatchError::Engine("face crop of the wrong length".into())));
+            let _ = work.reply.send(Err(BatchError::Engine(
+                "face crop of the wrong length".into(),
+            )));
         } else {
             live.push(work);
         }
