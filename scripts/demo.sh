@@ -13,4 +13,6 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -d "$XDG_RUNTIME_DIR" ]; then
   export XDG_RUNTIME_DIR
   trap 'rm -rf "$XDG_RUNTIME_DIR"' EXIT
 fi
-target/release/gatematch demo "$@"
+# The face model file, converted once from the weights setup fetched.
+[ -f models/face.h5 ] || target/release/gatematch model import --out models/face.h5
+target/release/gatematch demo --face-model models/face.h5 "$@"

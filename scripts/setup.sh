@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo is missing; install a Rust toolchain (1.89 or newer) first" >&2
+  echo "setup: cargo is missing; install a Rust toolchain (1.92 or newer) first" >&2
   exit 1
 fi
 

@@ -9,16 +9,17 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{BackendChoice, Config, ConfigError, SYNTHETIC_MODEL};
+use crate::config::{BackendChoice, Config, ConfigError, FaceConfig, SYNTHETIC_MODEL};
 use crate::engine::Backend;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{GpuEngine, GpuError, GpuOptions};
 use crate::face::{CpuNetwork, EmbedError, Embedder, ModelError};
 use crate::flows::{Appliance, ApplianceError};
 use crate::gallery::snapshot::{self, Snapshot, SnapshotError};
-use crate::gate::GateError;
+use crate::gate::photos::PhotoError;
 use crate::gate::simulate::{self, Mix, Report, Simulation};
 use crate::gate::travellers::Population;
+use crate::gate::{GateClient, GateError};
 use crate::pki::{self, PkiError};
 use crate::proto;
 use crate::registry::{self, Origin, RegistryError};
@@ -49,6 +50,9 @@ pub enum CommandError {
     /// A simulated gate failed.
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// The demo's face photos could not be sent.
+    #[error(transparent)]
+    Photos(#[from] PhotoError),
     /// `backend = "gpu"` was asked for and no GPU could be opened.
     #[error(transparent)]
     Gpu(#[from] GpuError),
@@ -315,6 +319,8 @@ pub struct DemoOptions {
     pub seconds: f64,
     /// Metrics listener.
     pub metrics: Option<SocketAddr>,
+    /// The face model file and the folder of demo photos, for the face phase.
+    pub faces: Option<(PathBuf, PathBuf)>,
 }
 
 /// `gatematch demo`: an appliance on an embedded default registry, simulated gates that enrol
@@ -341,6 +347,9 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
             enabled: true,
             listen: addr,
         };
+    }
+    if let Some((model, _)) = &options.faces {
+        config.face = Some(FaceConfig::with_model(model));
     }
     let metrics = crate::metrics::install(config.metrics.listener())?;
     let running = start(&config)?;
@@ -407,6 +416,25 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
     );
     let mixed = simulate::run(traffic).await?;
     println!("{mixed}");
+    if let Some((model, photos)) = &options.faces {
+        println!(
+            "phase 3: a gate sends face photos; the appliance runs them through the face network \
+             ({})",
+            model.display()
+        );
+        let stem = certs.join("gates").join(pki::gate_name(1));
+        let gate = GateClient::connect(
+            running.addr,
+            "localhost",
+            &certs.join("ca.pem"),
+            &stem.with_extension("pem"),
+            &stem.with_extension("key"),
+        )
+        .await?;
+        crate::gate::photos::run(&gate, photos).await?;
+        gate.close().await;
+        println!();
+    }
     println!("from the appliance's own metrics (gatematch_requests_total):");
     for line in metrics.render().lines() {
         if line.starts_with(crate::metrics::REQUESTS) {

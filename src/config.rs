@@ -538,6 +538,21 @@ mod tests {
         assert_eq!(config.engine.gpu_format, StorageFormat::F32);
         assert_eq!(config.metrics.listener(), Some(default_metrics_listen()));
         assert_eq!(config.models.len(), 1);
+        let face = config.face.as_ref().expect("the example serves faces");
+        assert!(
+            face.model.ends_with("models/face.h5")
+                && face.model.starts_with(path.parent().unwrap())
+        );
+        assert_eq!(face.model_id, FACE_MODEL_ID);
+        assert_eq!(face.threshold, 0.6);
+        assert_eq!(face.max_batch, default_face_max_batch());
+        assert_eq!(face.max_image_bytes, default_max_image_bytes());
+        let specs = config.model_specs();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(
+            (specs[1].id.as_str(), specs[1].dimension, specs[1].measure),
+            (FACE_MODEL_ID, 128, Measure::Euclidean)
+        );
         assert!(config.server.certificate.ends_with("certs/server.pem"));
         assert!(
             config.server.certificate.is_absolute()
@@ -578,5 +593,33 @@ mod tests {
         let engine = Config::load(&path).unwrap().engine;
         assert_eq!(engine.backend, BackendChoice::Gpu);
         assert_eq!(engine.gpu_format, StorageFormat::Int8);
+
+        // A face section must name its model file, and its model id once.
+        std::fs::write(&path, format!("{base}[face]\nthreads = 2\n")).unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        let twice = "[face]\nmodel = \"f.h5\"\nmodel_id = \"synthetic-128\"\n";
+        std::fs::write(&path, format!("{base}{twice}")).unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid {
+                field: "face.model_id",
+                ..
+            })
+        ));
+        std::fs::write(
+            &path,
+            format!("{base}[face]\nmodel = \"f.h5\"\nthreshold = -1\n"),
+        )
+        .unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid {
+                field: "face.threshold",
+                ..
+            })
+        ));
     }
 }

@@ -149,6 +149,13 @@ enum Command {
         /// Metrics listener.
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics: SocketAddr,
+        /// The face model file; with it the appliance serves face images and a third phase
+        /// sends the photos of --photos.
+        #[arg(long)]
+        face_model: Option<PathBuf>,
+        /// The demo photos and their landmark record (reference.json, jpeg2000.json).
+        #[arg(long, default_value = "tests/fixtures/face")]
+        photos: PathBuf,
     },
 }
 
@@ -554,6 +561,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             rate,
             seconds,
             metrics,
+            face_model,
+            photos,
         } => {
             if gates == 0 || rate <= 0.0 {
                 bail!("--gates and --rate must be positive");
@@ -565,6 +574,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 rate_per_s: rate,
                 seconds,
                 metrics: Some(metrics),
+                faces: face_model.map(|model| (model, photos)),
             };
             app::demo(options).await.context("running the demo")?;
         }
