@@ -454,7 +454,7 @@ struct FaceWork {
 #[derive(Clone)]
 pub struct FaceBatcher {
     lane: Lane<FaceWork>,
-    backend: &'static str,
+    embedder: Arc<dyn Embedder>,
 }
 
 impl FaceBatcher {
@@ -466,8 +466,8 @@ impl FaceBatcher {
             depth: Arc::new(AtomicUsize::new(0)),
             capacity: config.queue_capacity,
         };
-        let backend = embedder.name();
         let depth = Arc::clone(&lane.depth);
+        let worker_embedder = Arc::clone(&embedder);
         thread::Builder::new()
             .name("gatematch-embed".into())
             .spawn(move || {
@@ -475,16 +475,16 @@ impl FaceBatcher {
                 while let Some(batch) = gather(&incoming, &config, |w: &FaceWork| w.enqueued) {
                     let left = depth.fetch_sub(batch.len(), Ordering::Relaxed) - batch.len();
                     metrics::embed_queue_depth(left);
-                    embed_batch(embedder.as_ref(), &mut faces, batch);
+                    embed_batch(worker_embedder.as_ref(), &mut faces, batch);
                 }
             })
             .expect("spawning the embed thread at start-up");
-        FaceBatcher { lane, backend }
+        FaceBatcher { lane, embedder }
     }
 
-    /// The name of the embedder the worker runs ("cpu" or "gpu").
+    /// The name of the embedder the worker runs now ("cpu" or "gpu"; "cpu" after a failover).
     pub fn backend_name(&self) -> &'static str {
-        self.backend
+        self.embedder.name()
     }
 
     /// Faces waiting now.
@@ -700,6 +700,63 @@ mod tests {
         ) -> Result<Vec<Vec<f32>>, EngineError> {
             self.inner.verify(s, p, slots)
         }
+    }
+
+    /// Records the size of every batch; the descriptor of a face is its first input value.
+    struct Recording(std::sync::Mutex<Vec<usize>>);
+
+    impl Embedder for Recording {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        fn embed(&self, batch: &FaceBatch) -> Result<Vec<Descriptor>, crate::face::EmbedError> {
+            self.0.lock().unwrap().push(batch.len());
+            let len = crate::face::preprocess::crop::INPUT_LEN;
+            Ok(batch
+                .as_slice()
+                .chunks(len)
+                .map(|face| Descriptor::new([face[0]; 128]))
+                .collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn faces_from_many_gates_share_a_batch_and_each_gets_its_own_descriptor() {
+        let recording = Arc::new(Recording(Default::default()));
+        let config = BatchConfig {
+            max_batch: 16,
+            max_wait: Duration::from_millis(200),
+            queue_capacity: 64,
+        };
+        let faces = FaceBatcher::start(config, recording.clone());
+        let len = crate::face::preprocess::crop::INPUT_LEN;
+        let answers: Vec<_> = (0..6)
+            .map(|i| faces.submit(vec![i as f32; len], soon()).unwrap())
+            .collect();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let descriptor = answer.await.unwrap().unwrap();
+            assert_eq!(
+                descriptor.as_slice()[0],
+                i as f32,
+                "face {i}'s own descriptor"
+            );
+        }
+        assert_eq!(*recording.0.lock().unwrap(), [6], "one pass for all six");
+
+        let expired = Instant::now() - Duration::from_millis(1);
+        assert!(matches!(
+            faces.embed(vec![0.0; len], expired).await,
+            Err(BatchError::DeadlineExceeded { .. })
+        ));
+        assert!(matches!(
+            faces.embed(vec![0.0; 3], soon()).await,
+            Err(BatchError::Engine(_))
+        ));
+        assert_eq!(
+            recording.0.lock().unwrap().len(),
+            1,
+            "nothing else was computed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 //!   each convolution is an im2col + matrix product tiled over a thread pool, and the bias,
 //!   shortcut and ReLU are applied to each tile while it is in cache.
 
+pub mod failover;
 pub mod reference;
 
 mod conv;
@@ -16,6 +17,7 @@ mod cpu;
 mod tensor;
 
 pub use cpu::{CpuNetwork, MAX_FACES_PER_PASS};
+pub use failover::FailoverEmbedder;
 
 use std::fmt;
 use std::path::PathBuf;
