@@ -15,7 +15,9 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_dir="${1:-${repo_root}/models}"
 dest="${cache_dir}/face-api-${VERSION}"
 
-# file name, then expected SHA-256 (from MODEL.md; a change there must be made here too).
+# file name, then expected SHA-256 (from MODEL.md; a change there must be made here too). The
+# package's demo photos (group photos, several faces each) come too: the capture-quality and
+# detection tests use them as real faces (tests/fixtures/face/demo_samples.json).
 readonly CHECKSUMS="\
 cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b  face_recognition_model-weights_manifest.json
 b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589  face_recognition_model.bin
@@ -26,7 +28,13 @@ b98e9f2f7da76f8a6dda9741a36ed485b224b889d552de2b2c1bb16217f67bfc  face_landmark_
 888f744dffbc84f5f060d1f8427d9742341943a2dfaaf9205d10029b7e7a2955  ssd_mobilenetv1_model-weights_manifest.json
 2835640602d53718aa6ae9a42896327eaa21beefed056c218d32ca7d79e1e2f8  ssd_mobilenetv1_model.bin
 ca4886639f86e99b39fed0c155f81b63317225773bd9616716e887b0153389c9  face_landmark_68_model-weights_manifest.json
-4611ef65c87d836d03d684b30eec4d195d8b219fa1dd58fc58945831c6b9299b  face_landmark_68_model.bin"
+4611ef65c87d836d03d684b30eec4d195d8b219fa1dd58fc58945831c6b9299b  face_landmark_68_model.bin
+8ecae4b267b2d3169e06e00c7dee97097aa2a94635d45216f7732a5f4943cb51  demo/sample1.jpg
+7d2b60ae6f13bf30f422e04df87451081a02c83de469056f25afb44b7000c691  demo/sample2.jpg
+8eb081c9efb14370fa94d9feab9e5fbeafd19a627491853a80c2bf67f7ffa936  demo/sample3.jpg
+729efa5923061d40eb4ed5f267a18cc7b8ba6f852bb2757b16d8b7e4937476fc  demo/sample4.jpg
+6d45095ebb182d8f975c0790e0e4eefd86fbb40609cf4b271776d92e12662938  demo/sample5.jpg
+9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87  demo/sample6.jpg"
 
 die() {
     echo "fetch-model: error: $*" >&2
@@ -55,8 +63,10 @@ echo "fetch-model: npm pack ${PACKAGE}@${VERSION}"
 (cd "${work}" && npm pack --silent "${PACKAGE}@${VERSION}" >/dev/null) \
     || die "npm pack ${PACKAGE}@${VERSION} failed (is the npm registry reachable?)"
 [[ -f "${work}/${TARBALL}" ]] || die "npm pack did not produce ${TARBALL}"
-tar -xzf "${work}/${TARBALL}" -C "${work}" package/model package/LICENSE \
+tar -xzf "${work}/${TARBALL}" -C "${work}" package/model package/LICENSE package/demo \
     || die "${TARBALL} has no package/model directory"
+mkdir -p "${work}/package/model/demo" "${work}/out/demo"
+mv "${work}"/package/demo/sample*.jpg "${work}/package/model/demo/"
 
 if ! failures="$(verify "${work}/package/model")"; then
     die "checksum verification failed for the downloaded package:
@@ -66,7 +76,6 @@ fi
 
 # Install the verified files only, then swap the directory in whole so that a half-written
 # cache never passes as complete.
-mkdir -p "${work}/out"
 printf '%s\n' "${CHECKSUMS}" | while read -r _ name; do
     cp "${work}/package/model/${name}" "${work}/out/${name}"
 done

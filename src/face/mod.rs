@@ -39,6 +39,7 @@ pub mod embed;
 pub mod model;
 pub mod network;
 pub mod preprocess;
+pub mod quality;
 
 pub use model::{FaceModel, ModelError};
 pub use network::{CpuNetwork, Descriptor, EmbedError, Embedder};
