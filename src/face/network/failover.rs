@@ -76,8 +76,10 @@ mod tests {
             if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
                 Ok(vec![Descriptor::new([1.0; 128]); batch.len()])
             } else {
-                Err(EmbedError::BackendUnavailable {
-                    backend: "gpu".into(),
+                Err(EmbedError::Gpu {
+                    source: crate::engine::gpu::GpuError::DeviceLost {
+                        reason: "test".into(),
+                    },
                 })
             }
         }
