@@ -15,7 +15,7 @@ use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{GpuEngine, GpuError, GpuOptions};
 use crate::face::network::FailoverEmbedder;
 use crate::face::{CpuNetwork, EmbedError, Embedder, GpuNetwork, ModelError};
-use crate::flows::{Appliance, ApplianceError};
+use crate::flows::{Appliance, ApplianceError, FaceNetworks};
 use crate::gallery::snapshot::{self, Snapshot, SnapshotError};
 use crate::gate::photos::PhotoError;
 use crate::gate::simulate::{self, Mix, Report, Simulation};
@@ -127,7 +127,7 @@ fn cpu_backend(config: &Config, why: &str) -> Arc<dyn Backend> {
 /// the model file loaded and checked (a missing or damaged file stops the start with the
 /// fix in the message), on the backend `face.backend` asks for. A GPU network has the CPU
 /// network behind it: if the device fails, that batch and every later one run on the CPU.
-pub fn face_embedder(config: &Config) -> Result<Option<Arc<dyn Embedder>>, CommandError> {
+pub fn face_networks(config: &Config) -> Result<Option<FaceNetworks>, CommandError> {
     let Some(face) = &config.face else {
         return Ok(None);
     };
@@ -144,23 +144,31 @@ pub fn face_embedder(config: &Config) -> Result<Option<Arc<dyn Embedder>>, Comma
             "face network loaded"
         );
     };
-    if face.backend == BackendChoice::Cpu {
-        chosen("cpu", "configured");
-        return Ok(Some(Arc::new(cpu)));
-    }
     // As for scoring: `auto` takes a hardware GPU only, `gpu` any adapter and nothing else.
-    match GpuNetwork::open(&model, face.backend == BackendChoice::Gpu) {
-        Ok(gpu) => {
+    let gpu = match face.backend {
+        BackendChoice::Cpu => None,
+        choice => Some(GpuNetwork::open(&model, choice == BackendChoice::Gpu)),
+    };
+    let embedder: Arc<dyn Embedder> = match gpu {
+        None => {
+            chosen("cpu", "configured");
+            Arc::new(cpu)
+        }
+        Some(Ok(gpu)) => {
             let adapter = gpu.context().adapter_info().name.clone();
             chosen("gpu", &adapter);
-            Ok(Some(Arc::new(FailoverEmbedder::new(Box::new(gpu), cpu))))
+            Arc::new(FailoverEmbedder::new(Box::new(gpu), cpu))
         }
-        Err(e) if face.backend == BackendChoice::Auto => {
+        Some(Err(e)) if face.backend == BackendChoice::Auto => {
             chosen("cpu", &e.to_string());
-            Ok(Some(Arc::new(cpu)))
+            Arc::new(cpu)
         }
-        Err(e) => Err(CommandError::Embed(e)),
-    }
+        Some(Err(e)) => return Err(CommandError::Embed(e)),
+    };
+    Ok(Some(FaceNetworks {
+        embedder,
+        finder: None,
+    }))
 }
 
 /// An appliance running inside this process (the demo and the tests use it).
@@ -188,7 +196,7 @@ pub fn start(config: &Config) -> Result<RunningAppliance, CommandError> {
     let appliance = Arc::new(Appliance::open(
         config,
         backend(config)?,
-        face_embedder(config)?,
+        face_networks(config)?,
     )?);
     let endpoint = server::bind(&config.server)?;
     let addr = endpoint.local_addr().map_err(|source| CommandError::Io {

@@ -13,6 +13,7 @@ use crate::engine::Measure;
 use crate::engine::batcher::BatchConfig;
 use crate::engine::gpu::StorageFormat;
 use crate::face::preprocess::DecodeLimits;
+use crate::face::quality::QualityPolicy;
 use crate::gallery::ModelSpec;
 
 /// What can be wrong with a configuration.
@@ -109,6 +110,10 @@ pub struct FaceConfig {
     /// Largest width × height accepted. Default 16,000,000.
     #[serde(default = "default_max_image_pixels")]
     pub max_image_pixels: u64,
+    /// The capture-quality checks every face with landmarks is held to (`[face.quality]`);
+    /// see [`QualityPolicy`] for each threshold's default.
+    #[serde(default)]
+    pub quality: QualityPolicy,
 }
 
 impl FaceConfig {
@@ -125,6 +130,7 @@ impl FaceConfig {
             queue_capacity: default_face_queue_capacity(),
             max_image_bytes: default_max_image_bytes(),
             max_image_pixels: default_max_image_pixels(),
+            quality: QualityPolicy::default(),
         }
     }
 

@@ -9,10 +9,13 @@
 //! commit hook then applies it to the gallery in commit order; only then is the gate answered.
 //! So "enrolled" means durable and already matchable, and "erased" means gone from both.
 //!
-//! A face image in a request becomes a template before anything else happens: it is decoded
-//! and cut on a blocking thread ([`crate::face::preprocess`]), its crop is batched with other
-//! gates' faces through the descriptor network ([`FaceBatcher`]), and the descriptor then goes
-//! the way a template sent by the gate would, as a template of the face model.
+//! A face image in a request becomes a template before anything else happens: on a blocking
+//! thread it is decoded, its face located (the gate's landmarks, or the appliance's detector)
+//! and judged ([`crate::face::capture`]: a capture that would spoil matching is refused with
+//! `POOR_CAPTURE` and the reasons, before anything is stored); its crop is batched with other
+//! gates' faces through the descriptor network ([`FaceBatcher`]); and the descriptor then goes
+//! the way a template sent by the gate would, as a template of the face model. What was
+//! measured on each face goes back to the gate in the response, refused or not.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -21,7 +24,9 @@ use crate::config::Config;
 use crate::engine::Backend;
 use crate::engine::Measure;
 use crate::engine::batcher::{BatchError, Batcher, FaceBatcher, Job, JobOutput};
-use crate::face::preprocess::{DecodeLimits, FaceBatch, FaceBox, Point, decode_image};
+use crate::face::capture::{self, Capture, CaptureError, FindFaces, Region};
+use crate::face::preprocess::{DecodeLimits, FaceBatch, Point, decode_image};
+use crate::face::quality::{CaptureIssue, QualityPolicy};
 use crate::face::{Descriptor, Embedder, ImageError};
 use crate::gallery::{Gallery, GalleryError};
 use crate::metrics;
@@ -98,6 +103,16 @@ impl From<ImageError> for Refusal {
     }
 }
 
+impl From<CaptureError> for Refusal {
+    fn from(e: CaptureError) -> Self {
+        match e {
+            CaptureError::Image(e) => e.into(),
+            CaptureError::NoDetector => Refusal::new(Reason::BadFaceRegion, e.to_string()),
+            CaptureError::Detection { .. } => Refusal::new(Reason::BadImage, e.to_string()),
+        }
+    }
+}
+
 impl From<RegistryError> for Refusal {
     fn from(e: RegistryError) -> Self {
         tracing::error!(error = %e, "registry write failed");
@@ -114,12 +129,22 @@ struct Limits {
     max_deadline: Duration,
 }
 
+/// The face networks an appliance serves face images with.
+pub struct FaceNetworks {
+    /// The descriptor network.
+    pub embedder: Arc<dyn Embedder>,
+    /// The detector and landmark network; without them a gate must send landmarks or a crop.
+    pub finder: Option<Arc<dyn FindFaces>>,
+}
+
 /// Face images: the embed lane and what a face becomes.
 struct Faces {
     batcher: FaceBatcher,
+    finder: Option<Arc<dyn FindFaces>>,
     /// The model descriptors are templates of.
     model_id: String,
     limits: DecodeLimits,
+    quality: Arc<QualityPolicy>,
 }
 
 /// The service: registry, gallery and engine behind one request handler.
@@ -135,12 +160,12 @@ pub struct Appliance {
 
 impl Appliance {
     /// Opens the registry named in `config`, loads the gallery from it and starts the batcher
-    /// on `backend`; with a `[face]` section, also the embed lane on `embedder` (face images
-    /// are refused without one).
+    /// on `backend`; with a `[face]` section, also the embed lane on the `face` networks (face
+    /// images are refused without them).
     pub fn open(
         config: &Config,
         backend: Arc<dyn Backend>,
-        embedder: Option<Arc<dyn Embedder>>,
+        face: Option<FaceNetworks>,
     ) -> Result<Appliance, ApplianceError> {
         let gallery = Arc::new(RwLock::new(Gallery::new(config.model_specs())));
         let hook_gallery = Arc::clone(&gallery);
@@ -153,11 +178,13 @@ impl Appliance {
         let faces = config
             .face
             .as_ref()
-            .zip(embedder)
-            .map(|(face, embedder)| Faces {
-                batcher: FaceBatcher::start(face.batch(), embedder),
-                model_id: face.model_id.clone(),
-                limits: face.decode_limits(),
+            .zip(face)
+            .map(|(config, networks)| Faces {
+                batcher: FaceBatcher::start(config.batch(), networks.embedder),
+                finder: networks.finder,
+                model_id: config.model_id.clone(),
+                limits: config.decode_limits(),
+                quality: Arc::new(config.quality.clone()),
             });
         Ok(Appliance {
             gallery,
@@ -198,10 +225,15 @@ impl Appliance {
             Duration::from_millis(request.deadline_ms.into()).min(self.limits.max_deadline)
         };
         let deadline = received + asked;
+        let mut captures = Vec::new();
         let (operation, result) = match request.operation {
-            Some(Operation::Enrol(r)) => ("enrol", self.enrol(gate, r, deadline).await),
-            Some(Operation::Verify(r)) => ("verify", self.verify(r, deadline).await),
-            Some(Operation::Identify(r)) => ("identify", self.identify(r, deadline).await),
+            Some(Operation::Enrol(r)) => {
+                ("enrol", self.enrol(gate, r, deadline, &mut captures).await)
+            }
+            Some(Operation::Verify(r)) => ("verify", self.verify(r, deadline, &mut captures).await),
+            Some(Operation::Identify(r)) => {
+                ("identify", self.identify(r, deadline, &mut captures).await)
+            }
             Some(Operation::Erase(r)) => ("erase", self.erase(gate, r).await),
             Some(Operation::Status(_)) => ("status", Ok(self.status(gate))),
             None => (
@@ -209,7 +241,8 @@ impl Appliance {
                 Err(Refusal::malformed("the request names no operation")),
             ),
         };
-        let response = respond(request.request_id, result);
+        let mut response = respond(request.request_id, result);
+        response.captures = captures;
         let outcome = if response.outcome == Outcome::Ok as i32 {
             "ok"
         } else {
@@ -236,6 +269,7 @@ impl Appliance {
         gate: &GateIdentity,
         r: proto::EnrolRequest,
         deadline: Instant,
+        captures: &mut Vec<proto::CaptureQuality>,
     ) -> Result<Answer, Refusal> {
         check_person_id(&r.person_id)?;
         let count = r.templates.len() + r.faces.len();
@@ -264,7 +298,10 @@ impl Appliance {
             String::new()
         } else {
             let faces = self.faces()?;
-            for descriptor in self.describe_faces(faces, r.faces, deadline).await? {
+            for descriptor in self
+                .describe_faces(faces, r.faces, deadline, captures)
+                .await?
+            {
                 templates.push(NewTemplate {
                     modality: proto::Modality::Face as i32,
                     model_id: faces.model_id.clone(),
@@ -297,9 +334,16 @@ impl Appliance {
         }
     }
 
-    async fn verify(&self, r: proto::VerifyRequest, deadline: Instant) -> Result<Answer, Refusal> {
+    async fn verify(
+        &self,
+        r: proto::VerifyRequest,
+        deadline: Instant,
+        captures: &mut Vec<proto::CaptureQuality>,
+    ) -> Result<Answer, Refusal> {
         check_person_id(&r.person_id)?;
-        let probe = self.probe("verify", r.probe, r.face, deadline).await?;
+        let probe = self
+            .probe("verify", r.probe, r.face, deadline, captures)
+            .await?;
         let (shard, measure, threshold) = check_template(&self.gallery, &probe)?;
         let job = Job::Verify {
             shard,
@@ -328,6 +372,7 @@ impl Appliance {
         &self,
         r: proto::IdentifyRequest,
         deadline: Instant,
+        captures: &mut Vec<proto::CaptureQuality>,
     ) -> Result<Answer, Refusal> {
         let k = r.k.max(1);
         if k > self.limits.max_k {
@@ -336,7 +381,9 @@ impl Appliance {
                 self.limits.max_k
             )));
         }
-        let probe = self.probe("identify", r.probe, r.face, deadline).await?;
+        let probe = self
+            .probe("identify", r.probe, r.face, deadline, captures)
+            .await?;
         let (shard, measure, threshold) = check_template(&self.gallery, &probe)?;
         let model_id = probe.model_id;
         let job = Job::Identify {
@@ -380,12 +427,15 @@ impl Appliance {
         template: Option<proto::Template>,
         face: Option<proto::FaceImage>,
         deadline: Instant,
+        captures: &mut Vec<proto::CaptureQuality>,
     ) -> Result<proto::Template, Refusal> {
         match (template, face) {
             (Some(template), None) => Ok(template),
             (None, Some(face)) => {
                 let faces = self.faces()?;
-                let descriptor = self.describe_faces(faces, vec![face], deadline).await?;
+                let descriptor = self
+                    .describe_faces(faces, vec![face], deadline, captures)
+                    .await?;
                 Ok(proto::Template {
                     modality: proto::Modality::Face as i32,
                     model_id: faces.model_id.clone(),
@@ -404,19 +454,24 @@ impl Appliance {
         }
     }
 
-    /// Decodes and cuts every face on the blocking pool, then queues all of their crops at
-    /// once so that they share a pass through the network.
+    /// Decodes, locates, judges and cuts every face on the blocking pool, then queues all of
+    /// their crops at once so that they share a pass through the network. What was measured
+    /// on each face is pushed to `captures`; if any capture has issues, none is described and
+    /// the request is refused with `POOR_CAPTURE`.
     async fn describe_faces(
         &self,
         faces: &Faces,
         images: Vec<proto::FaceImage>,
         deadline: Instant,
+        captures: &mut Vec<proto::CaptureQuality>,
     ) -> Result<Vec<Descriptor>, Refusal> {
         let limits = faces.limits;
-        let crops = tokio::task::spawn_blocking(move || {
+        let finder = faces.finder.clone();
+        let policy = Arc::clone(&faces.quality);
+        let examined = tokio::task::spawn_blocking(move || {
             images
                 .iter()
-                .map(|face| face_crop(face, &limits))
+                .map(|face| face_crop(face, &limits, finder.as_ref(), &policy))
                 .collect::<Result<Vec<_>, Refusal>>()
         })
         .await
@@ -424,6 +479,17 @@ impl Appliance {
             tracing::error!(error = %e, "face decoding task failed");
             Refusal::new(Reason::Internal, "face decoding failed")
         })??;
+        let mut crops = Vec::with_capacity(examined.len());
+        let mut issues = Vec::new();
+        for (crop, capture) in examined {
+            captures.push(capture_quality(&capture));
+            issues.extend(capture.issues.iter().copied());
+            crops.extend(crop);
+        }
+        if !issues.is_empty() {
+            metrics::capture_refused(&issues);
+            return Err(poor_capture(&issues));
+        }
         let mut answers = Vec::with_capacity(crops.len());
         for crop in crops {
             answers.push(faces.batcher.submit(crop, deadline)?);
@@ -497,24 +563,29 @@ impl Appliance {
 /// Landmark values in a face image: 68 points, x then y.
 const LANDMARK_VALUES: usize = 2 * crate::face::preprocess::crop::LANDMARK_COUNT;
 
-/// Decodes a gate's face image within `limits` and cuts the network's input from it.
-fn face_crop(face: &proto::FaceImage, limits: &DecodeLimits) -> Result<Vec<f32>, Refusal> {
+/// Decodes a gate's face image within `limits`, locates and judges its face, and cuts the
+/// network's input from it when the capture is good (`None` when it is not).
+fn face_crop(
+    face: &proto::FaceImage,
+    limits: &DecodeLimits,
+    finder: Option<&Arc<dyn FindFaces>>,
+    policy: &QualityPolicy,
+) -> Result<(Option<Vec<f32>>, Capture), Refusal> {
     let started = Instant::now();
-    let landmarks = match (face.landmarks.len(), face.ready_crop) {
-        (0, true) => None,
-        (LANDMARK_VALUES, false) => Some(
-            face.landmarks
+    let image = decode_image(&face.image, limits)?;
+    let frame = |given: u32, whole: u32| if given == 0 { whole } else { given };
+    let region = match (face.landmarks.len(), face.ready_crop) {
+        (0, true) => Region::ReadyCrop,
+        (LANDMARK_VALUES, false) => Region::Landmarks {
+            points: face
+                .landmarks
                 .chunks_exact(2)
                 .map(|p| Point { x: p[0], y: p[1] })
-                .collect::<Vec<_>>(),
-        ),
-        (0, false) => {
-            return Err(Refusal::new(
-                Reason::BadFaceRegion,
-                "face image has neither landmarks nor ready_crop; send the 68 landmarks or \
-                 the cut-out face",
-            ));
-        }
+                .collect(),
+            frame_width: frame(face.landmarks_frame_width, image.width()),
+            frame_height: frame(face.landmarks_frame_height, image.height()),
+        },
+        (0, false) => Region::Find,
         (_, true) => {
             return Err(Refusal::malformed(
                 "face image has both landmarks and ready_crop; send one",
@@ -527,22 +598,75 @@ fn face_crop(face: &proto::FaceImage, limits: &DecodeLimits) -> Result<Vec<f32>,
             ));
         }
     };
-    let image = decode_image(&face.image, limits)?;
-    let face_box = match landmarks {
-        None => FaceBox::whole(image.width(), image.height()),
-        Some(points) => {
-            let frame = |given: u32, whole: u32| if given == 0 { whole } else { given };
-            crate::face::preprocess::descriptor_box(
-                &points,
-                frame(face.landmarks_frame_width, image.width()),
-                frame(face.landmarks_frame_height, image.height()),
-            )?
+    let capture = capture::examine(&image, region, finder, policy)?;
+    let crop = match capture.face_box {
+        Some(face_box) if capture.issues.is_empty() => {
+            let mut batch = FaceBatch::with_capacity(1);
+            batch.push_face(&image, face_box)?;
+            Some(batch.as_slice().to_vec())
         }
+        _ => None,
     };
-    let mut batch = FaceBatch::with_capacity(1);
-    batch.push_face(&image, face_box)?;
     metrics::face_decode(started.elapsed());
-    Ok(batch.as_slice().to_vec())
+    Ok((crop, capture))
+}
+
+/// What the gate is told of one examined capture.
+fn capture_quality(capture: &Capture) -> proto::CaptureQuality {
+    let found = capture.found.as_ref();
+    proto::CaptureQuality {
+        faces_found: capture.faces_found as u32,
+        detection: found.map(|f| proto::FaceRegion {
+            x: f.detection.x,
+            y: f.detection.y,
+            width: f.detection.width,
+            height: f.detection.height,
+        }),
+        detection_score: found.map_or(0.0, |f| f.score),
+        checks: capture
+            .checks
+            .iter()
+            .map(|c| proto::QualityCheck {
+                issue: wire_issue(c.issue) as i32,
+                value: c.value,
+                threshold: c.threshold,
+                passed: c.passed,
+            })
+            .collect(),
+        issues: capture
+            .issues
+            .iter()
+            .map(|&i| wire_issue(i) as i32)
+            .collect(),
+    }
+}
+
+/// The refusal of a request whose captures have `issues`: the advice for each, in words.
+fn poor_capture(issues: &[CaptureIssue]) -> Refusal {
+    let mut advice: Vec<&str> = issues.iter().map(|i| i.advice()).collect();
+    advice.dedup();
+    Refusal::new(
+        Reason::PoorCapture,
+        format!("the face capture cannot be used: {}", advice.join("; ")),
+    )
+}
+
+fn wire_issue(issue: CaptureIssue) -> proto::CaptureIssue {
+    use proto::CaptureIssue as Wire;
+    match issue {
+        CaptureIssue::NoFace => Wire::NoFace,
+        CaptureIssue::SeveralFaces => Wire::SeveralFaces,
+        CaptureIssue::FaceTooSmall => Wire::FaceTooSmall,
+        CaptureIssue::HeadPose => Wire::HeadPose,
+        CaptureIssue::Blurred => Wire::Blurred,
+        CaptureIssue::TooDark => Wire::TooDark,
+        CaptureIssue::TooBright => Wire::TooBright,
+        CaptureIssue::LowContrast => Wire::LowContrast,
+        CaptureIssue::EyesClosed => Wire::EyesClosed,
+        CaptureIssue::EyesCovered => Wire::EyesCovered,
+        CaptureIssue::LowerFaceCovered => Wire::LowerFaceCovered,
+        CaptureIssue::ForeheadCovered => Wire::ForeheadCovered,
+    }
 }
 
 /// Builds the response for a result.
@@ -554,6 +678,7 @@ pub fn respond(request_id: u64, result: Result<Answer, Refusal>) -> proto::Respo
             reason: Reason::Unspecified as i32,
             detail: String::new(),
             result: Some(answer),
+            captures: Vec::new(),
         },
         Err(refusal) => proto::Response {
             request_id,
@@ -561,6 +686,7 @@ pub fn respond(request_id: u64, result: Result<Answer, Refusal>) -> proto::Respo
             reason: refusal.reason as i32,
             detail: refusal.detail,
             result: None,
+            captures: Vec::new(),
         },
     }
 }
@@ -580,6 +706,7 @@ pub fn reason_label(reason: Reason) -> &'static str {
         Reason::Internal => "internal",
         Reason::BadImage => "bad_image",
         Reason::BadFaceRegion => "bad_face_region",
+        Reason::PoorCapture => "poor_capture",
     }
 }
 

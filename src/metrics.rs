@@ -67,6 +67,10 @@ pub const EMBED_BATCH_SIZE: &str = "gatematch_embed_batch_size";
 pub const EMBED_QUEUE_WAIT_SECONDS: &str = "gatematch_embed_queue_wait_seconds";
 /// Faces waiting in the embed queue.
 pub const EMBED_QUEUE_DEPTH: &str = "gatematch_embed_queue_depth";
+/// Time to find the faces in one image and place their landmarks.
+pub const DETECT_SECONDS: &str = "gatematch_face_detect_seconds";
+/// Face captures refused, by what the traveller should fix.
+pub const CAPTURES_REFUSED: &str = "gatematch_captures_refused_total";
 
 /// Installs the global recorder and, when `listen` is given, its HTTP `/metrics` listener;
 /// returns a handle that renders the same text the listener serves. Must run inside a Tokio
@@ -161,6 +165,15 @@ fn describe() {
         Unit::Count,
         "Faces waiting in the embed queue"
     );
+    describe_histogram!(
+        DETECT_SECONDS,
+        Unit::Seconds,
+        "Finding the faces in one image and placing their landmarks"
+    );
+    describe_counter!(
+        CAPTURES_REFUSED,
+        "Face captures refused, by issue (a capture with two issues counts under both)"
+    );
     describe_counter!(
         BACKEND_FAILOVERS,
         "Moves of the engine to another backend after a failure, by from and to"
@@ -247,6 +260,18 @@ pub fn gpu_gallery_bytes(bytes: u64) {
 /// Records the decoding and cutting of one face image.
 pub fn face_decode(took: Duration) {
     histogram!(DECODE_SECONDS).record(took.as_secs_f64());
+}
+
+/// Records the detector and landmark network's time for one image.
+pub fn face_detect(took: Duration) {
+    histogram!(DETECT_SECONDS).record(took.as_secs_f64());
+}
+
+/// Counts a refused capture under each of its `issues`.
+pub fn capture_refused(issues: &[crate::face::quality::CaptureIssue]) {
+    for issue in issues {
+        counter!(CAPTURES_REFUSED, "issue" => issue.label()).increment(1);
+    }
 }
 
 /// Records one batch of faces through the network.

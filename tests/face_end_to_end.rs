@@ -314,3 +314,90 @@ async fn a_missing_or_damaged_model_file_stops_the_start_naming_the_file_and_the
     };
     assert!(message.contains("damaged.h5"), "{message}");
 }
+
+/// `face` with its photo replaced by the same photo with `occluder` drawn over the face.
+fn occluded(
+    index: usize,
+    occluder: gatematch::face::quality::occluder::Occluder,
+) -> proto::FaceImage {
+    use gatematch::face::preprocess::{DecodeLimits, decode_image};
+    use rand::SeedableRng;
+    let mut face = landmarked(index);
+    let rgb = decode_image(&face.image, &DecodeLimits::default()).unwrap();
+    let points = face_support::fixture().images[index].faces[0].points();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let covered =
+        gatematch::face::quality::occluder::draw(&rgb, &points, occluder, &mut rng).unwrap();
+    let buffer = image::RgbImage::from_raw(
+        covered.width(),
+        covered.height(),
+        covered.as_bytes().to_vec(),
+    )
+    .unwrap();
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+        .encode_image(&buffer)
+        .unwrap();
+    face.image = jpeg;
+    face
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_covered_face_is_refused_with_what_to_fix_and_a_clean_one_carries_its_measures() {
+    use gatematch::face::quality::occluder::Occluder;
+    let models = face_support::temp_dir();
+    let site = Site::new(1);
+    let mut config = site.config();
+    config.engine.backend = BackendChoice::Cpu;
+    let mut face = FaceConfig::with_model(&face_support::model_file(models.path()));
+    face.backend = BackendChoice::Cpu;
+    face.threads = 2;
+    config.face = Some(face);
+    let running = site.start(&config);
+    let gate = site.gate(1, running.addr).await;
+
+    // A clean capture is enrolled, and the answer says what was measured: every check passed.
+    let response = gate
+        .call(&enrol_faces("obama", vec![landmarked(OBAMA)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.outcome(),
+        proto::Outcome::Ok,
+        "{}",
+        response.detail
+    );
+    let [capture] = &response.captures[..] else {
+        panic!("one capture per face: {:?}", response.captures.len());
+    };
+    assert_eq!(capture.checks.len(), 10);
+    assert!(capture.checks.iter().all(|c| c.passed) && capture.issues.is_empty());
+    assert_eq!(capture.faces_found, 0, "the gate gave the landmarks");
+
+    // A mask, a brim, dark glasses: refused, with the issue to fix, and nothing enrolled.
+    for (occluder, issue) in [
+        (Occluder::Mask, proto::CaptureIssue::LowerFaceCovered),
+        (Occluder::Brim, proto::CaptureIssue::ForeheadCovered),
+        (Occluder::DarkGlasses, proto::CaptureIssue::EyesCovered),
+    ] {
+        let probe = verify_face("obama", occluded(OBAMA, occluder));
+        let response = gate.call(&probe).await.unwrap();
+        assert_eq!(refusal(&response), Reason::PoorCapture, "{occluder:?}");
+        let issues: Vec<_> = response.captures[0].issues().collect();
+        assert!(issues.contains(&issue), "{occluder:?}: {issues:?}");
+        let enrol = enrol_faces("masked", vec![landmarked(BIDEN), occluded(OBAMA, occluder)]);
+        let response = gate.call(&enrol).await.unwrap();
+        assert_eq!(refusal(&response), Reason::PoorCapture);
+        assert_eq!(response.captures.len(), 2, "both faces were examined");
+        assert!(response.captures[0].issues.is_empty());
+        assert!(!response.captures[1].issues.is_empty());
+    }
+    let nobody = verify_face("masked", landmarked(BIDEN));
+    assert_eq!(
+        refusal(&gate.call(&nobody).await.unwrap()),
+        Reason::UnknownPerson,
+        "a refused capture enrols nothing, not even the good face beside it"
+    );
+    gate.close().await;
+    running.stop().await;
+}

@@ -53,8 +53,17 @@ fn occluded_captures_are_caught_and_clean_ones_pass() {
         eprintln!(
             "{name}: ied {:.0} yaw {:.1} pitch {:.1} roll {:.1} sharp {:.3} bright {:.0} contrast {:.0} \
              open {:.2} eyes {:.2} lower {:.2} forehead {:.2} -> {issues:?}",
-            m.inter_eye_px, m.yaw_deg, m.pitch_deg, m.roll_deg, m.sharpness, m.brightness,
-            m.contrast, m.eye_openness, m.eyes_covered, m.lower_face_covered, m.forehead_covered
+            m.inter_eye_px,
+            m.yaw_deg,
+            m.pitch_deg,
+            m.roll_deg,
+            m.sharpness,
+            m.brightness,
+            m.contrast,
+            m.eye_openness,
+            m.eyes_covered,
+            m.lower_face_covered,
+            m.forehead_covered
         );
         clean_refused += usize::from(!issues.is_empty());
     }

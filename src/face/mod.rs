@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod capture;
 pub mod embed;
 pub mod model;
 pub mod network;

@@ -51,17 +51,20 @@ impl GpuContext {
     /// (the defaults cap storage bindings at 128 MiB and buffers at 256 MiB) and SHADER_F16
     /// when offered. `WGPU_BACKEND` and the other wgpu environment variables are honoured.
     pub fn new(allow_software: bool) -> Result<Self, GpuError> {
-        let instance = instance();
         let options = wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             force_fallback_adapter: false,
             compatible_surface: None,
             apply_limit_buckets: false,
         };
-        let adapter = pollster::block_on(instance.request_adapter(&options)).map_err(|e| {
-            GpuError::NoAdapter {
-                reason: e.to_string(),
-            }
+        let request = |backend| pollster::block_on(instance(backend).request_adapter(&options));
+        let adapter = match request(Fallback::Primary) {
+            Ok(adapter) => Ok(adapter),
+            Err(_) if std::env::var_os("WGPU_BACKEND").is_none() => request(Fallback::Gl),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| GpuError::NoAdapter {
+            reason: e.to_string(),
         })?;
         let adapter_info = adapter.get_info();
         if adapter_info.device_type == wgpu::DeviceType::Cpu && !allow_software {
@@ -321,17 +324,38 @@ impl GpuContext {
     }
 }
 
-/// The process's one wgpu instance, made on first use and never dropped.
+/// The process's wgpu instance for `backend` (Vulkan, or GL as the fallback), made on first
+/// use and never dropped.
 ///
 /// Dropping an instance unloads the Vulkan drivers (`dlclose`), which runs their destructors;
 /// when that happens on the batcher's thread while the process exits, Mesa's destructors race
 /// the exit handlers and crash. One instance for the process life avoids that, and spares each
-/// engine the driver loading. It reads `WGPU_BACKEND` and the other wgpu variables once.
-fn instance() -> &'static wgpu::Instance {
-    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
-    INSTANCE.get_or_init(|| {
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+/// engine the driver loading. `WGPU_BACKEND`, when set, overrides the backend (read once).
+///
+/// Vulkan and GL are not enumerated together: probing GL makes an EGL context current on the
+/// calling thread, and doing that while another thread works on a GL adapter panicked inside
+/// wgpu-hal (seen under parallel tests on lavapipe). GL is tried only when Vulkan offers nothing.
+fn instance(backend: Fallback) -> &'static wgpu::Instance {
+    static VULKAN: OnceLock<wgpu::Instance> = OnceLock::new();
+    static GL: OnceLock<wgpu::Instance> = OnceLock::new();
+    let (cell, backends) = match backend {
+        Fallback::Primary => (&VULKAN, wgpu::Backends::VULKAN),
+        Fallback::Gl => (&GL, wgpu::Backends::GL),
+    };
+    cell.get_or_init(|| {
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = backends;
+        wgpu::Instance::new(descriptor.with_env())
     })
+}
+
+/// Which instance [`instance`] returns.
+#[derive(Clone, Copy)]
+enum Fallback {
+    /// Vulkan, or what `WGPU_BACKEND` names.
+    Primary,
+    /// GL, for machines without a Vulkan driver.
+    Gl,
 }
 
 /// The useful text of a wgpu error (its `Display` is only the category).

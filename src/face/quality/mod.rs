@@ -33,13 +33,18 @@ pub mod occluder;
 
 use serde::Deserialize;
 
-use super::preprocess::{Point, RgbImage};
 use super::preprocess::crop::LANDMARK_COUNT;
+use super::preprocess::{Point, RgbImage};
 
 /// What the traveller should fix, one per failed check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CaptureIssue {
+    /// The detector found no face in the image.
+    NoFace,
+    /// The detector found several faces and the policy is to refuse: only the traveller
+    /// should be in front of the camera.
+    SeveralFaces,
     /// The face is too small in the frame: come closer.
     FaceTooSmall,
     /// The head is turned, tilted or nodding: look straight at the camera.
@@ -63,9 +68,29 @@ pub enum CaptureIssue {
 }
 
 impl CaptureIssue {
+    /// The issue's name in metrics and on the command line (`snake_case`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoFace => "no_face",
+            Self::SeveralFaces => "several_faces",
+            Self::FaceTooSmall => "face_too_small",
+            Self::HeadPose => "head_pose",
+            Self::Blurred => "blurred",
+            Self::TooDark => "too_dark",
+            Self::TooBright => "too_bright",
+            Self::LowContrast => "low_contrast",
+            Self::EyesClosed => "eyes_closed",
+            Self::EyesCovered => "eyes_covered",
+            Self::LowerFaceCovered => "lower_face_covered",
+            Self::ForeheadCovered => "forehead_covered",
+        }
+    }
+
     /// A sentence a gate could show the traveller.
     pub fn advice(self) -> &'static str {
         match self {
+            Self::NoFace => "look at the camera",
+            Self::SeveralFaces => "only one person in front of the camera, please",
             Self::FaceTooSmall => "come closer to the camera",
             Self::HeadPose => "look straight at the camera",
             Self::Blurred => "hold still",
@@ -120,6 +145,9 @@ impl std::fmt::Debug for Measures {
 pub struct QualityPolicy {
     /// Check captures at all. Default true.
     pub enabled: bool,
+    /// What to do when the detector finds several faces in one capture: refuse it
+    /// ([`CaptureIssue::SeveralFaces`]) or take the largest. Default `refuse`.
+    pub several_faces: SeveralFaces,
     /// Smallest inter-eye distance in pixels. Default 40.
     pub min_inter_eye_px: f64,
     /// Largest |yaw| in degrees. Default 30.
@@ -150,6 +178,7 @@ impl Default for QualityPolicy {
     fn default() -> Self {
         Self {
             enabled: true,
+            several_faces: SeveralFaces::Refuse,
             min_inter_eye_px: 40.0,
             max_yaw_deg: 30.0,
             max_pitch_deg: 30.0,
@@ -164,6 +193,17 @@ impl Default for QualityPolicy {
             max_forehead_covered: 0.6,
         }
     }
+}
+
+/// The policy for a capture in which the detector found more than one face.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SeveralFaces {
+    /// Refuse the capture: at a gate, a second face is someone standing too close.
+    #[default]
+    Refuse,
+    /// Take the largest face (by detection box area), for a camera that sees a queue.
+    Largest,
 }
 
 /// One measure held against its threshold.
@@ -206,14 +246,26 @@ impl QualityPolicy {
         .into_iter()
         .fold(0.0, f64::max);
         vec![
-            at_least(CaptureIssue::FaceTooSmall, m.inter_eye_px, self.min_inter_eye_px),
+            at_least(
+                CaptureIssue::FaceTooSmall,
+                m.inter_eye_px,
+                self.min_inter_eye_px,
+            ),
             at_most(CaptureIssue::HeadPose, pose, 1.0),
             at_least(CaptureIssue::Blurred, m.sharpness, self.min_sharpness),
             at_least(CaptureIssue::TooDark, m.brightness, self.min_brightness),
             at_most(CaptureIssue::TooBright, m.brightness, self.max_brightness),
             at_least(CaptureIssue::LowContrast, m.contrast, self.min_contrast),
-            at_least(CaptureIssue::EyesClosed, m.eye_openness, self.min_eye_openness),
-            at_most(CaptureIssue::EyesCovered, m.eyes_covered, self.max_eyes_covered),
+            at_least(
+                CaptureIssue::EyesClosed,
+                m.eye_openness,
+                self.min_eye_openness,
+            ),
+            at_most(
+                CaptureIssue::EyesCovered,
+                m.eyes_covered,
+                self.max_eyes_covered,
+            ),
             at_most(
                 CaptureIssue::LowerFaceCovered,
                 m.lower_face_covered,
@@ -240,7 +292,9 @@ impl QualityPolicy {
 /// Measures the face with `landmarks` (68 points, image pixels) in `image`. `None` when the
 /// landmarks are not 68 finite points with distinct eyes.
 pub fn measure(image: &RgbImage, landmarks: &[Point]) -> Option<Measures> {
-    if landmarks.len() != LANDMARK_COUNT || !landmarks.iter().all(|p| p.x.is_finite() && p.y.is_finite()) {
+    if landmarks.len() != LANDMARK_COUNT
+        || !landmarks.iter().all(|p| p.x.is_finite() && p.y.is_finite())
+    {
         return None;
     }
     let face = Face::new(landmarks)?;
@@ -335,7 +389,11 @@ impl<'a> Luma<'a> {
             all += 1;
             hits += usize::from(test(px));
         });
-        if all == 0 { 0.0 } else { hits as f64 / all as f64 }
+        if all == 0 {
+            0.0
+        } else {
+            hits as f64 / all as f64
+        }
     }
 
     /// Mean colour inside `polygon`, and the pixel count.
@@ -412,7 +470,9 @@ impl<'a> Luma<'a> {
         for y in 1..n - 1 {
             for x in 1..n - 1 {
                 let c = grid[y * n + x];
-                let lap = grid[y * n + x - 1] + grid[y * n + x + 1] + grid[(y - 1) * n + x]
+                let lap = grid[y * n + x - 1]
+                    + grid[y * n + x + 1]
+                    + grid[(y - 1) * n + x]
                     + grid[(y + 1) * n + x]
                     - 4.0 * c;
                 lap_sq += lap * lap;
@@ -536,7 +596,9 @@ impl<'a> Face<'a> {
 
     /// The band above the brows, 0.45 inter-eye distances high.
     fn forehead(&self) -> Polygon {
-        let brows: Vec<Point> = (17..27).map(|i| self.offset(self.p(i), 0.0, 0.08)).collect();
+        let brows: Vec<Point> = (17..27)
+            .map(|i| self.offset(self.p(i), 0.0, 0.08))
+            .collect();
         let mut band = brows.clone();
         band.extend(brows.iter().rev().map(|&p| self.offset(p, 0.0, 0.45)));
         band
@@ -567,9 +629,8 @@ impl<'a> Face<'a> {
             let (p, q) = (self.p(a), self.p(b));
             (p.x - q.x).hypot(p.y - q.y)
         };
-        let eye = |c0, t1, t2, c1, b1, b2| {
-            (dist(t1, b1) + dist(t2, b2)) / (2.0 * dist(c0, c1).max(1e-9))
-        };
+        let eye =
+            |c0, t1, t2, c1, b1, b2| (dist(t1, b1) + dist(t2, b2)) / (2.0 * dist(c0, c1).max(1e-9));
         (eye(36, 37, 38, 39, 41, 40) + eye(42, 43, 44, 45, 47, 46)) / 2.0
     }
 
@@ -610,12 +671,14 @@ impl<'a> Face<'a> {
                 self.patch(self.offset(brows, 0.0, 0.25), 0.15)
             }
             SkinPatch::Ridge => self.patch(mean_of(&[self.p(27), self.p(28)]), 0.07),
-            SkinPatch::LeftCheek => {
-                self.patch(mean_of(&[self.p(1), self.p(3), self.p(31), self.p(41)]), 0.12)
-            }
-            SkinPatch::RightCheek => {
-                self.patch(mean_of(&[self.p(15), self.p(13), self.p(35), self.p(46)]), 0.12)
-            }
+            SkinPatch::LeftCheek => self.patch(
+                mean_of(&[self.p(1), self.p(3), self.p(31), self.p(41)]),
+                0.12,
+            ),
+            SkinPatch::RightCheek => self.patch(
+                mean_of(&[self.p(15), self.p(13), self.p(35), self.p(46)]),
+                0.12,
+            ),
         }
     }
 
@@ -652,7 +715,11 @@ impl<'a> Face<'a> {
         let mut xx = [[0.0; 3]; 3];
         let mut ux = [[0.0; 3]; 2];
         for (&(_, p), &(u, v)) in MODEL.iter().zip(&image) {
-            let x = [p[0] - model_mean[0], p[1] - model_mean[1], p[2] - model_mean[2]];
+            let x = [
+                p[0] - model_mean[0],
+                p[1] - model_mean[1],
+                p[2] - model_mean[2],
+            ];
             let (u, v) = (u - image_mean.0, v - image_mean.1);
             for r in 0..3 {
                 for c in 0..3 {
@@ -673,7 +740,11 @@ impl<'a> Face<'a> {
         let r1 = r1.map(|v| v / norm(r1));
         // Gram-Schmidt: make the second row orthogonal to the first.
         let dot = r1[0] * r2[0] + r1[1] * r2[1] + r1[2] * r2[2];
-        let r2 = [r2[0] - dot * r1[0], r2[1] - dot * r1[1], r2[2] - dot * r1[2]];
+        let r2 = [
+            r2[0] - dot * r1[0],
+            r2[1] - dot * r1[1],
+            r2[2] - dot * r1[2],
+        ];
         let r2 = r2.map(|v| v / norm(r2));
         let r3 = [
             r1[1] * r2[2] - r1[2] * r2[1],
@@ -696,10 +767,23 @@ fn invert3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     if det.abs() < 1e-12 {
         return None;
     }
-    let c = |r0: usize, r1: usize, c0: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
+    let c =
+        |r0: usize, r1: usize, c0: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
     Some([
-        [c(1, 2, 1, 2) / det, -c(0, 2, 1, 2) / det, c(0, 1, 1, 2) / det],
-        [-c(1, 2, 0, 2) / det, c(0, 2, 0, 2) / det, -c(0, 1, 0, 2) / det],
-        [c(1, 2, 0, 1) / det, -c(0, 2, 0, 1) / det, c(0, 1, 0, 1) / det],
+        [
+            c(1, 2, 1, 2) / det,
+            -c(0, 2, 1, 2) / det,
+            c(0, 1, 1, 2) / det,
+        ],
+        [
+            -c(1, 2, 0, 2) / det,
+            c(0, 2, 0, 2) / det,
+            -c(0, 1, 0, 2) / det,
+        ],
+        [
+            c(1, 2, 0, 1) / det,
+            -c(0, 2, 0, 1) / det,
+            c(0, 1, 0, 1) / det,
+        ],
     ])
 }

@@ -45,7 +45,11 @@ impl Fill {
             stripes: (
                 (angle.cos(), angle.sin()),
                 rng.random_range(0.04..0.2) * scale,
-                if striped { rng.random_range(10.0..45.0) } else { 0.0 },
+                if striped {
+                    rng.random_range(10.0..45.0)
+                } else {
+                    0.0
+                },
             ),
             noise: rng.random_range(0.0..18.0),
         }
@@ -108,7 +112,11 @@ pub fn draw(
     let base = match occluder {
         Occluder::DarkGlasses => {
             let l: f64 = rng.random_range(8.0..60.0);
-            [l, l * rng.random_range(0.8..1.2), l * rng.random_range(0.8..1.3)]
+            [
+                l,
+                l * rng.random_range(0.8..1.2),
+                l * rng.random_range(0.8..1.3),
+            ]
         }
         _ => cloth_colour(rng),
     };
@@ -151,7 +159,13 @@ fn mask(face: &Face<'_>, rng: &mut impl Rng) -> Polygon {
     for i in (2..=14).rev() {
         let p = face.p(i);
         // Push each jaw point away from the chin's centre line and downwards.
-        let side = if i < 8 { -spread } else if i > 8 { spread } else { 0.0 };
+        let side = if i < 8 {
+            -spread
+        } else if i > 8 {
+            spread
+        } else {
+            0.0
+        };
         let down = if (5..=11).contains(&i) { -spread } else { 0.0 };
         shape.push(face.offset(p, side, down));
     }
