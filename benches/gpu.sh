@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Throughput of 1:N scoring on the GPU: builds the release binary, then prints one line per
-# (gallery size, format, batch) with the adapter, comparisons/s and gallery GB/s.
+# (gallery size, format, batch) with the adapter, comparisons/s and gallery GB/s; then the face
+# descriptor network's faces/s on the GPU at batches 1, 16 and 64, beside the CPU network's on
+# every core (needs models/face.h5: scripts/fetch-model.sh, then gatematch model import).
 #
 #   benches/gpu.sh                  1,000,000 and 10,000,000 templates of 128 values
 #   benches/gpu.sh 100000           other gallery sizes (lavapipe: keep them small)
 #   SECONDS_PER_RUN=1 benches/gpu.sh
+#   SKIP_EMBED=1 benches/gpu.sh     scoring only
+#   EMBED_SECONDS=5 benches/gpu.sh  timed seconds per embed line (default 10)
 #
 # gallery_gb_per_s counts one pass over the gallery per call, in the scan format, so at batch
 # 1 it is the memory bandwidth the scan reached: compare it with the card's (an H200 has
@@ -16,6 +20,7 @@ cd "$(dirname "$0")/.."
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1000000 10000000)
 seconds="${SECONDS_PER_RUN:-3}"
+embed_seconds="${EMBED_SECONDS:-10}"
 
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   XDG_RUNTIME_DIR="$(mktemp -d)"
@@ -32,3 +37,12 @@ for n in "${sizes[@]}"; do
   target/release/gatematch bench score --backend gpu --format f32,f16,int8 \
     --gallery "$n" --dim 128 --batch 1,64,1024 --k 10 --seconds "$seconds"
 done
+
+if [ -z "${SKIP_EMBED:-}" ]; then
+  # Embed times are whole calls: upload of the crops, the 35 dispatches, read-back.
+  if [ ! -f models/face.h5 ]; then
+    target/release/gatematch model import
+  fi
+  target/release/gatematch bench embed --backend gpu --batch 1,16,64 --seconds "$embed_seconds"
+  target/release/gatematch bench embed --backend cpu --batch 1,16,64 --seconds "$embed_seconds"
+fi

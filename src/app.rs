@@ -13,7 +13,8 @@ use crate::config::{BackendChoice, Config, ConfigError, FaceConfig, SYNTHETIC_MO
 use crate::engine::Backend;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{GpuEngine, GpuError, GpuOptions};
-use crate::face::{CpuNetwork, EmbedError, Embedder, ModelError};
+use crate::face::network::FailoverEmbedder;
+use crate::face::{CpuNetwork, EmbedError, Embedder, GpuNetwork, ModelError};
 use crate::flows::{Appliance, ApplianceError};
 use crate::gallery::snapshot::{self, Snapshot, SnapshotError};
 use crate::gate::photos::PhotoError;
@@ -124,29 +125,42 @@ fn cpu_backend(config: &Config, why: &str) -> Arc<dyn Backend> {
 
 /// The descriptor network for face images when the configuration has a `[face]` section:
 /// the model file loaded and checked (a missing or damaged file stops the start with the
-/// fix in the message), on the backend `face.backend` asks for.
+/// fix in the message), on the backend `face.backend` asks for. A GPU network has the CPU
+/// network behind it: if the device fails, that batch and every later one run on the CPU.
 pub fn face_embedder(config: &Config) -> Result<Option<Arc<dyn Embedder>>, CommandError> {
     let Some(face) = &config.face else {
         return Ok(None);
     };
     let model = crate::face::model::file::load_model(&face.model)?;
     let threads = crate::face::embed::resolve_threads(face.threads);
-    // TODO: the WGSL network is not wired in yet; until it is, `auto` runs on the CPU and
-    // `gpu` is refused at start-up rather than silently served by the CPU.
-    if face.backend == BackendChoice::Gpu {
-        return Err(CommandError::Embed(EmbedError::BackendUnavailable {
-            backend: "gpu".into(),
-        }));
+    let cpu = CpuNetwork::new(&model, threads)?;
+    let chosen = |backend: &str, why: &str| {
+        tracing::info!(
+            backend,
+            threads,
+            model = %face.model.display(),
+            model_id = %face.model_id,
+            why,
+            "face network loaded"
+        );
+    };
+    if face.backend == BackendChoice::Cpu {
+        chosen("cpu", "configured");
+        return Ok(Some(Arc::new(cpu)));
     }
-    let network = CpuNetwork::new(&model, threads)?;
-    tracing::info!(
-        backend = "cpu",
-        threads,
-        model = %face.model.display(),
-        model_id = %face.model_id,
-        "face network loaded"
-    );
-    Ok(Some(Arc::new(network)))
+    // As for scoring: `auto` takes a hardware GPU only, `gpu` any adapter and nothing else.
+    match GpuNetwork::open(&model, face.backend == BackendChoice::Gpu) {
+        Ok(gpu) => {
+            let adapter = gpu.context().adapter_info().name.clone();
+            chosen("gpu", &adapter);
+            Ok(Some(Arc::new(FailoverEmbedder::new(Box::new(gpu), cpu))))
+        }
+        Err(e) if face.backend == BackendChoice::Auto => {
+            chosen("cpu", &e.to_string());
+            Ok(Some(Arc::new(cpu)))
+        }
+        Err(e) => Err(CommandError::Embed(e)),
+    }
 }
 
 /// An appliance running inside this process (the demo and the tests use it).

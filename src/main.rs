@@ -235,14 +235,14 @@ struct EmbedArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// The backend: cpu (gpu is refused until its WGSL path exists).
+    /// The backend: cpu, or gpu (the adapter wgpu prefers, a software one included).
     #[arg(long, default_value = "cpu")]
     backend: String,
 }
 
 #[derive(clap::Args)]
 struct BenchEmbedArgs {
-    /// The backend: cpu (gpu is refused until its WGSL path exists).
+    /// The backend: cpu, or gpu (the adapter wgpu prefers, a software one included).
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Faces per call; a comma-separated list prints one line each.
@@ -360,14 +360,14 @@ fn embed_command(args: EmbedArgs) -> anyhow::Result<()> {
     use gatematch::face::embed::{self, Backend, FaceRegion, Landmarks};
     use gatematch::face::preprocess::DecodeLimits;
 
-    args.backend.parse::<Backend>()?.require_available()?;
+    let backend = args.backend.parse::<Backend>()?;
     let regions: Vec<FaceRegion> = if args.landmarks.is_empty() {
         args.boxes.into_iter().map(FaceRegion::Box).collect()
     } else {
         let read = |path: &PathBuf| Landmarks::read(path).map(FaceRegion::Landmarks);
         args.landmarks.iter().map(read).collect::<Result<_, _>>()?
     };
-    let network = embed::open_cpu_network(&args.model, args.threads)?;
+    let network = embed::open_network(&args.model, backend, args.threads)?;
     let mut out = std::io::stdout().lock();
     let limits = DecodeLimits::default();
     embed::embed_files(&network, &args.images, &regions, &limits, |embedding| {
@@ -381,17 +381,22 @@ fn embed_command(args: EmbedArgs) -> anyhow::Result<()> {
 fn bench_embed(args: BenchEmbedArgs) -> anyhow::Result<()> {
     use gatematch::face::{bench, embed};
 
-    args.backend
-        .parse::<embed::Backend>()?
-        .require_available()?;
+    let backend = args.backend.parse::<embed::Backend>()?;
     let seconds = args.seconds;
     if args.batch.contains(&0) || args.runs == 0 || !(seconds.is_finite() && seconds > 0.0) {
         bail!("--batch, --runs and --seconds must be positive");
     }
     let run_length = Duration::from_secs_f64(seconds / args.runs as f64);
-    let network = embed::open_cpu_network(&args.model, args.threads)?;
+    let network = embed::open_network(&args.model, backend, args.threads)?;
+    if let gatematch::face::network::Network::Gpu(gpu) = &network {
+        let info = gpu.context().adapter_info();
+        eprintln!("adapter: {} ({:?})", info.name, info.device_type);
+    }
     for batch in args.batch {
-        println!("{}", bench::measure(&network, batch, args.runs, run_length));
+        println!(
+            "{}",
+            bench::measure(&network, batch, args.runs, run_length)?
+        );
     }
     Ok(())
 }

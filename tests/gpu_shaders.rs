@@ -1,5 +1,6 @@
 //! Every shader parsed and validated by naga on the CPU, no adapter needed: workgroup sizes
-//! against `WORKGROUP_SIZE`, bindings against `Kernel::bindings` and the header tables.
+//! against `WORKGROUP_SIZE`, bindings against `Kernel::bindings` and the header tables. The
+//! face network's kernels (`Kernel::FaceConv` and the rest) are among them.
 
 use gatematch::engine::gpu::shaders::{Access, Kernel, WORKGROUP_SIZE};
 
@@ -130,7 +131,17 @@ fn no_shader_file_spells_a_host_constant() {
                 path.display()
             );
         }
-        for name in ["WG_SIZE", "LIST_LEN", "POOL_LEN", "NONE_SLOT"] {
+        for name in [
+            "WG_SIZE",
+            "LIST_LEN",
+            "POOL_LEN",
+            "NONE_SLOT",
+            "FACE_TILE_PIXELS",
+            "FACE_TILE_CHANNELS",
+            "FACE_TILE_DEPTH",
+            "FACE_HEAD_IN",
+            "FACE_DESCRIPTOR_DIM",
+        ] {
             let declared = format!("const {name}");
             assert!(
                 !text.contains(&declared),
@@ -139,5 +150,20 @@ fn no_shader_file_spells_a_host_constant() {
             );
         }
     }
-    assert_eq!(files, 7, "every kernel file was checked");
+    assert_eq!(files, 11, "every kernel file was checked");
+}
+
+#[test]
+fn face_kernels_get_their_tile_constants_and_the_scan_kernels_do_not() {
+    for kernel in Kernel::ALL {
+        let source = kernel.source();
+        assert_eq!(
+            source.contains("const FACE_TILE_PIXELS"),
+            kernel.is_face(),
+            "{}",
+            kernel.name()
+        );
+    }
+    let faces = Kernel::ALL.iter().filter(|k| k.is_face()).count();
+    assert_eq!(faces, 4);
 }

@@ -1,5 +1,6 @@
-//! Throughput of the CPU network, `gatematch bench embed`: faces per second at a given batch
-//! size and thread count, on a fixed synthetic input (speed does not depend on pixel values).
+//! Throughput of the descriptor network, `gatematch bench embed`: faces per second at a given
+//! batch size on the CPU (at a thread count) or the GPU, on a fixed synthetic input (speed
+//! does not depend on pixel values).
 //!
 //! The procedure is the ONNX Runtime peer's (`ort_peer.py`): warm up, time several runs, report
 //! the median run's rate, so that the two figures compare.
@@ -7,18 +8,21 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::face::network::CpuNetwork;
+use crate::face::network::{EmbedError, Network};
 use crate::face::preprocess::FaceBatch;
 use crate::face::preprocess::crop::INPUT_LEN;
 
 /// One measurement; `Display` gives `gatematch bench embed`'s line,
-/// `embed backend=cpu batch=… threads=… faces_per_s=… runs=… run_s=…`.
+/// `embed backend=cpu batch=… threads=… faces_per_s=… runs=… run_s=…` (no `threads` on the
+/// GPU).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Throughput {
+    /// `"cpu"` or `"gpu"`.
+    pub backend: &'static str,
     /// Faces per call.
     pub batch: usize,
-    /// Worker threads.
-    pub threads: usize,
+    /// Worker threads of the CPU network; `None` on the GPU.
+    pub threads: Option<usize>,
     /// Median over the timed runs, faces per second.
     pub faces_per_second: f64,
     /// Timed runs.
@@ -29,11 +33,13 @@ pub struct Throughput {
 
 impl fmt::Display for Throughput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "embed backend={} batch={}", self.backend, self.batch)?;
+        if let Some(threads) = self.threads {
+            write!(f, " threads={threads}")?;
+        }
         write!(
             f,
-            "embed backend=cpu batch={} threads={} faces_per_s={:.2} runs={} run_s={:.2}",
-            self.batch,
-            self.threads,
+            " faces_per_s={:.2} runs={} run_s={:.2}",
             self.faces_per_second,
             self.runs,
             self.run_length.as_secs_f64()
@@ -60,36 +66,47 @@ pub fn synthetic_batch(faces: usize) -> FaceBatch {
 }
 
 /// Times `network` on batches of `batch` faces: warms up for `min_run / 2` (at least three
-/// calls), then `runs` timed runs of at least `min_run` each, and reports the median rate.
-pub fn measure(network: &CpuNetwork, batch: usize, runs: usize, min_run: Duration) -> Throughput {
+/// calls; on the GPU the first builds the pipelines and buffers), then `runs` timed runs of at
+/// least `min_run` each, and reports the median rate. A GPU failure ends the measurement.
+pub fn measure(
+    network: &Network,
+    batch: usize,
+    runs: usize,
+    min_run: Duration,
+) -> Result<Throughput, EmbedError> {
     let input = synthetic_batch(batch);
     let warm_until = Instant::now() + min_run / 2;
     let mut calls = 0;
     while calls < 3 || Instant::now() < warm_until {
-        std::hint::black_box(network.describe(&input));
+        std::hint::black_box(network.describe(&input)?);
         calls += 1;
     }
     let runs = runs.max(1);
-    let mut rates: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            let mut calls = 0usize;
-            loop {
-                std::hint::black_box(network.describe(&input));
-                calls += 1;
-                let elapsed = start.elapsed();
-                if elapsed >= min_run {
-                    break (calls * batch) as f64 / elapsed.as_secs_f64();
-                }
+    let mut rates = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut calls = 0usize;
+        let rate = loop {
+            std::hint::black_box(network.describe(&input)?);
+            calls += 1;
+            let elapsed = start.elapsed();
+            if elapsed >= min_run {
+                break (calls * batch) as f64 / elapsed.as_secs_f64();
             }
-        })
-        .collect();
+        };
+        rates.push(rate);
+    }
     rates.sort_by(f64::total_cmp);
-    Throughput {
+    let threads = match network {
+        Network::Cpu(cpu) => Some(cpu.threads()),
+        Network::Gpu(_) => None,
+    };
+    Ok(Throughput {
+        backend: network.backend_name(),
         batch,
-        threads: network.threads(),
+        threads,
         faces_per_second: rates[rates.len() / 2],
         runs,
         run_length: min_run,
-    }
+    })
 }

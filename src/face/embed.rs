@@ -20,7 +20,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::model::file::load_model;
-use super::network::{CpuNetwork, Descriptor, EmbedError, MAX_FACES_PER_PASS};
+use super::network::{CpuNetwork, Descriptor, EmbedError, GpuNetwork, MAX_FACES_PER_PASS, Network};
 use super::preprocess::{
     DecodeLimits, FaceBatch, FaceBox, ImageError, Point, RgbImage, decode_image, descriptor_box,
 };
@@ -34,7 +34,7 @@ const MAX_LANDMARKS_BYTES: u64 = 1 << 20;
 pub enum Backend {
     /// [`CpuNetwork`].
     Cpu,
-    /// The WGSL network (not written yet: refused by [`Backend::require_available`]).
+    /// [`GpuNetwork`], on the first adapter wgpu offers (a software one included).
     Gpu,
 }
 
@@ -47,13 +47,11 @@ impl Backend {
         }
     }
 
-    /// `Ok` for a backend this build can run.
-    pub fn require_available(self) -> Result<(), EmbedError> {
-        match self {
-            Self::Cpu => Ok(()),
-            Self::Gpu => Err(EmbedError::BackendUnavailable {
-                backend: self.name().to_owned(),
-            }),
+    /// The backend `network` runs on.
+    pub fn of(network: &Network) -> Self {
+        match network {
+            Network::Cpu(_) => Self::Cpu,
+            Network::Gpu(_) => Self::Gpu,
         }
     }
 }
@@ -191,6 +189,8 @@ pub struct Embedding {
     pub image: PathBuf,
     /// The clipped box the crop was cut from, in image pixels.
     pub face_box: FaceBox,
+    /// Where the descriptor was computed.
+    pub backend: Backend,
     /// The network's output.
     pub descriptor: Descriptor,
 }
@@ -231,7 +231,7 @@ impl Embedding {
                 width,
                 height,
             },
-            backend: Backend::Cpu.name(),
+            backend: self.backend.name(),
             descriptor: self.descriptor.as_slice(),
         };
         // Serialising plain numbers and strings cannot fail.
@@ -247,11 +247,32 @@ pub fn resolve_threads(threads: usize) -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Loads the model file at `model_path` and prepares it on `threads` workers (0: one per
-/// core).
-pub fn open_cpu_network(model_path: &Path, threads: usize) -> Result<CpuNetwork, EmbedError> {
+/// Loads the model file at `model_path` and prepares it on `backend`: on `threads` workers
+/// (0: one per core) for the CPU; for the GPU on the adapter wgpu prefers, a software one
+/// (lavapipe) included, as the engine's `backend = "gpu"` does.
+pub fn open_network(
+    model_path: &Path,
+    backend: Backend,
+    threads: usize,
+) -> Result<Network, EmbedError> {
     let model = load_model(model_path)?;
-    CpuNetwork::new(&model, resolve_threads(threads))
+    match backend {
+        Backend::Cpu => Ok(Network::Cpu(CpuNetwork::new(
+            &model,
+            resolve_threads(threads),
+        )?)),
+        Backend::Gpu => {
+            let gpu = GpuNetwork::open(&model, true)?;
+            let info = gpu.context().adapter_info();
+            tracing::info!(
+                adapter = %info.name,
+                device_type = ?info.device_type,
+                faces_per_pass = gpu.faces_per_pass(),
+                "face descriptor network on the GPU"
+            );
+            Ok(Network::Gpu(gpu))
+        }
+    }
 }
 
 /// Computes the descriptor of each of `images` and passes the results to `emit` in order.
@@ -261,7 +282,7 @@ pub fn open_cpu_network(model_path: &Path, threads: usize) -> Result<CpuNetwork,
 /// emitted before stays emitted; an error from `emit` stops it too. Returns the number of
 /// images described.
 pub fn embed_files<E>(
-    network: &CpuNetwork,
+    network: &Network,
     images: &[PathBuf],
     regions: &[FaceRegion],
     limits: &DecodeLimits,
@@ -298,11 +319,12 @@ where
             batch.push_face(&image, face_box).map_err(cut)?;
             boxes.push(face_box);
         }
-        let descriptors = network.describe(&batch);
+        let descriptors = network.describe(&batch)?;
         for ((path, face_box), descriptor) in chunk.iter().zip(&boxes).zip(descriptors) {
             emit(Embedding {
                 image: path.clone(),
                 face_box: *face_box,
+                backend: Backend::of(network),
                 descriptor,
             })
             .map_err(|source| EmbedError::Write { source })?;
@@ -372,19 +394,12 @@ mod tests {
     }
 
     #[test]
-    fn backends_parse_and_only_the_cpu_runs() {
+    fn backends_parse() {
         assert_eq!("cpu".parse::<Backend>().unwrap(), Backend::Cpu);
-        assert!(Backend::Cpu.require_available().is_ok());
-        let gpu = "gpu".parse::<Backend>().unwrap();
-        let err = gpu.require_available().unwrap_err().to_string();
-        assert!(
-            err.contains("gpu") && err.contains("--backend cpu"),
-            "{err}"
-        );
-        assert!(matches!(
-            "tpu".parse::<Backend>(),
-            Err(EmbedError::UnknownBackend { .. })
-        ));
+        assert_eq!("gpu".parse::<Backend>().unwrap(), Backend::Gpu);
+        let err = "tpu".parse::<Backend>().unwrap_err();
+        assert!(matches!(err, EmbedError::UnknownBackend { .. }));
+        assert!(err.to_string().contains("cpu or gpu"), "{err}");
     }
 
     #[test]

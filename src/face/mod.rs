@@ -10,10 +10,11 @@
 //!   [`model::file`] converts them into gatematch's single HDF5 model file and loads it.
 //! - [`preprocess`]: bounded image decoding, the descriptor box from 68 landmarks, crop, pad,
 //!   resize and normalisation into a [`FaceBatch`].
-//! - [`network`]: the network itself, as a plain [`network::reference`] oracle and as the
-//!   batched, multi-threaded [`CpuNetwork`].
+//! - [`network`]: the network itself, as a plain [`network::reference`] oracle, as the
+//!   batched, multi-threaded [`CpuNetwork`], and as [`GpuNetwork`] in WGSL (within 1e-3 of
+//!   the CPU, MODEL.md's bar for the GPU).
 //! - [`embed`]: the pipeline driven from files, as `gatematch embed` uses it.
-//! - [`bench`](mod@bench): throughput of the CPU network (`gatematch bench embed`).
+//! - [`bench`](mod@bench): throughput of either network (`gatematch bench embed`).
 //!
 //! Glossary: a *descriptor* is the network's 128-value output for one face; it becomes a
 //! template once enrolled. The *distance* of two descriptors is Euclidean; two faces *match*
@@ -24,8 +25,13 @@
 //!
 //! # Limitations
 //!
-//! - CPU only: the WGSL path and the engine's batcher integration are still to come, as are
-//!   face images in the gate protocol.
+//! - The GPU network is reached from `gatematch embed` and `bench embed` only: the engine's
+//!   batcher does not embed yet (nor fail over from GPU to CPU for faces), and face images are
+//!   not in the gate protocol.
+//! - The GPU network has run on lavapipe only (correctness); its speed on a real GPU is
+//!   unmeasured (`benches/gpu.sh` prints it). Its convolution tile (128 pixels × 32
+//!   channels) is one size for all layers: at batch 1 the deep 4 × 4 layers fill one tile in
+//!   eight, and no layer splits its reduction across workgroups.
 //! - Detection and landmarks are not ported: the caller gives the 68 landmarks (or the box).
 //! - JPEG and PNG only; JPEG 2000 (chip photos, DG2) is not decoded yet.
 //! - EXIF orientation is not applied (nor does the reference); gates send upright images.
@@ -42,5 +48,5 @@ pub mod preprocess;
 pub mod quality;
 
 pub use model::{FaceModel, ModelError};
-pub use network::{CpuNetwork, Descriptor, EmbedError, Embedder};
+pub use network::{CpuNetwork, Descriptor, EmbedError, Embedder, GpuNetwork, Network};
 pub use preprocess::{FaceBatch, FaceBox, ImageError, Point};

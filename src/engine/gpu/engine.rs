@@ -170,9 +170,7 @@ impl GpuEngine {
         let error = match outcome {
             Ok(Ok(value)) => return Some(value),
             Ok(Err(error)) => error,
-            Err(payload) => GpuError::Panicked {
-                message: panic_text(payload.as_ref()),
-            },
+            Err(payload) => GpuError::panicked(payload.as_ref()),
         };
         if error.is_device_failure() {
             resident.galleries.clear();
@@ -236,16 +234,5 @@ impl Backend for GpuEngine {
             Some(scores) => Ok(scores),
             None => self.cpu.verify(shard, probes, slots),
         }
-    }
-}
-
-/// The text of a panic payload, when it has one.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic without a message".to_owned()
     }
 }

@@ -127,6 +127,18 @@ pub enum GpuError {
 }
 
 impl GpuError {
+    /// [`GpuError::Panicked`] from a caught panic's payload, with its text when it has one.
+    pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(text) = payload.downcast_ref::<&str>() {
+            (*text).to_owned()
+        } else if let Some(text) = payload.downcast_ref::<String>() {
+            text.clone()
+        } else {
+            "a panic without a message".to_owned()
+        };
+        GpuError::Panicked { message }
+    }
+
     /// True when the device can no longer be trusted and the engine must fail over.
     pub fn is_device_failure(&self) -> bool {
         matches!(

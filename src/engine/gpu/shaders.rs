@@ -32,6 +32,27 @@ pub const NONE_SLOT: u32 = u32::MAX;
 // The pending buffer must take one offer per thread without overflowing (select.wgsl).
 const _: () = assert!(POOL_LEN >= LIST_LEN + WORKGROUP_SIZE);
 
+/// Output pixels per workgroup tile of the face convolution (`face_conv.wgsl`).
+///
+/// With [`FACE_TILE_CHANNELS`] it makes a 128 × 32 tile: 4 × 4 outputs per thread, so each
+/// value read from workgroup memory feeds four multiply-adds, and 32 channels divide every
+/// layer's width (32 to 256) with no idle lanes.
+pub const FACE_TILE_PIXELS: u32 = 128;
+
+/// Output channels per workgroup tile of the face convolution; every layer's `c_out` is a
+/// multiple of it.
+pub const FACE_TILE_CHANNELS: u32 = 32;
+
+/// Depth of the reduction staged in workgroup memory per step of the face convolution:
+/// 10.5 KiB of tiles, inside the 16 KiB WebGPU guarantees.
+pub const FACE_TILE_DEPTH: u32 = 16;
+
+// Each thread owns 4 pixels × 4 channels of the tile, and the staging loops divide evenly.
+const _: () = assert!(FACE_TILE_PIXELS * FACE_TILE_CHANNELS == 16 * WORKGROUP_SIZE);
+const _: () = assert!(WORKGROUP_SIZE.is_multiple_of(FACE_TILE_DEPTH));
+const _: () = assert!((FACE_TILE_PIXELS * FACE_TILE_DEPTH).is_multiple_of(WORKGROUP_SIZE));
+const _: () = assert!((FACE_TILE_CHANNELS * FACE_TILE_DEPTH).is_multiple_of(WORKGROUP_SIZE));
+
 /// The text of `shaders/<name>.wgsl`, compiled into the binary.
 macro_rules! wgsl {
     ($name:literal) => {
@@ -51,6 +72,10 @@ const SCAN_F16: &str = wgsl!("scan_f16");
 const SCAN_INT8: &str = wgsl!("scan_int8");
 const MERGE: &str = wgsl!("merge");
 const PAIR: &str = wgsl!("pair");
+const FACE_CONV: &str = wgsl!("face_conv");
+const FACE_POOL: &str = wgsl!("face_pool");
+const FACE_SHORTCUT: &str = wgsl!("face_shortcut");
+const FACE_HEAD: &str = wgsl!("face_head");
 
 /// How a binding slot is accessed; the Rust twin of a row in a shader's header table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +107,19 @@ const PAIR_BINDINGS: &[Access] = &[
     Access::StorageReadWrite,
     Access::Uniform,
 ];
+const FACE_CONV_BINDINGS: &[Access] = &[
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageReadWrite,
+    Access::Uniform,
+];
+const FACE_POOL_BINDINGS: &[Access] = &[
+    Access::StorageRead,
+    Access::StorageReadWrite,
+    Access::Uniform,
+];
 
 /// One compute kernel: a composed WGSL module with one entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,16 +134,28 @@ pub enum Kernel {
     Merge,
     /// 1:1 scores in f32.
     Pair,
+    /// A face-network convolution with its epilogue (`face_conv.wgsl`).
+    FaceConv,
+    /// The face network's max pool (`face_pool.wgsl`).
+    FacePool,
+    /// The tail of a residual-down block (`face_shortcut.wgsl`).
+    FaceShortcut,
+    /// The face network's mean and fully connected layer (`face_head.wgsl`).
+    FaceHead,
 }
 
 impl Kernel {
     /// Every kernel, for tests that walk them all.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::ScanF32,
         Kernel::ScanF16,
         Kernel::ScanInt8,
         Kernel::Merge,
         Kernel::Pair,
+        Kernel::FaceConv,
+        Kernel::FacePool,
+        Kernel::FaceShortcut,
+        Kernel::FaceHead,
     ];
 
     /// The scan kernel for a storage format.
@@ -125,6 +175,10 @@ impl Kernel {
             Kernel::ScanInt8 => "scan_int8",
             Kernel::Merge => "merge",
             Kernel::Pair => "pair",
+            Kernel::FaceConv => "face_conv",
+            Kernel::FacePool => "face_pool",
+            Kernel::FaceShortcut => "face_shortcut",
+            Kernel::FaceHead => "face_head",
         }
     }
 
@@ -134,6 +188,10 @@ impl Kernel {
             Kernel::ScanF32 | Kernel::ScanF16 | Kernel::ScanInt8 => "scan",
             Kernel::Merge => "merge",
             Kernel::Pair => "pair",
+            Kernel::FaceConv => "conv",
+            Kernel::FacePool => "max_pool",
+            Kernel::FaceShortcut => "down_shortcut",
+            Kernel::FaceHead => "head",
         }
     }
 
@@ -142,8 +200,18 @@ impl Kernel {
         match self {
             Kernel::ScanF32 | Kernel::ScanF16 | Kernel::ScanInt8 => SCAN_BINDINGS,
             Kernel::Merge => MERGE_BINDINGS,
-            Kernel::Pair => PAIR_BINDINGS,
+            Kernel::Pair | Kernel::FaceShortcut | Kernel::FaceHead => PAIR_BINDINGS,
+            Kernel::FaceConv => FACE_CONV_BINDINGS,
+            Kernel::FacePool => FACE_POOL_BINDINGS,
         }
+    }
+
+    /// Whether the kernel belongs to the face network (and gets its constants).
+    pub fn is_face(self) -> bool {
+        matches!(
+            self,
+            Kernel::FaceConv | Kernel::FacePool | Kernel::FaceShortcut | Kernel::FaceHead
+        )
     }
 
     /// The complete WGSL module: enable directives, the generated constants, then the files.
@@ -154,9 +222,16 @@ impl Kernel {
             Kernel::ScanInt8 => ("", &[SELECT, SCAN, SCAN_INT8]),
             Kernel::Merge => ("", &[SELECT, MERGE]),
             Kernel::Pair => ("", &[PAIR]),
+            Kernel::FaceConv => ("", &[FACE_CONV]),
+            Kernel::FacePool => ("", &[FACE_POOL]),
+            Kernel::FaceShortcut => ("", &[FACE_SHORTCUT]),
+            Kernel::FaceHead => ("", &[FACE_HEAD]),
         };
         let mut source = String::from(enables);
         source.push_str(&prelude());
+        if self.is_face() {
+            source.push_str(&face_prelude());
+        }
         for part in parts {
             source.push_str(part);
             source.push('\n');
@@ -173,6 +248,18 @@ fn prelude() -> String {
          const LIST_LEN: u32 = {LIST_LEN}u;\n\
          const POOL_LEN: u32 = {POOL_LEN}u;\n\
          const NONE_SLOT: u32 = {NONE_SLOT}u;\n"
+    )
+}
+
+/// The constants the face kernels add to [`prelude`].
+fn face_prelude() -> String {
+    use crate::face::model::{DESCRIPTOR_DIM, HEAD_IN};
+    format!(
+        "const FACE_TILE_PIXELS: u32 = {FACE_TILE_PIXELS}u;\n\
+         const FACE_TILE_CHANNELS: u32 = {FACE_TILE_CHANNELS}u;\n\
+         const FACE_TILE_DEPTH: u32 = {FACE_TILE_DEPTH}u;\n\
+         const FACE_HEAD_IN: u32 = {HEAD_IN}u;\n\
+         const FACE_DESCRIPTOR_DIM: u32 = {DESCRIPTOR_DIM}u;\n"
     )
 }
 

@@ -14,7 +14,9 @@ mod error;
 mod spec;
 
 pub use error::ModelError;
-pub use spec::{ARCHITECTURE, Block, BlockKind, ConvSpec, Padding, conv_specs, tensor_specs};
+pub use spec::{
+    ARCHITECTURE, Block, BlockKind, ConvSpec, HEAD_IN, Padding, conv_specs, tensor_specs,
+};
 
 use std::collections::HashMap;
 

@@ -85,6 +85,12 @@ impl FoldedConv {
         }
     }
 
+    /// The folded filters, `[K, C_out]` row-major, and the folded bias (`C_out`): what the GPU
+    /// path uploads, so that both backends fold the same way.
+    pub fn folded(&self) -> (&[f32], &[f32]) {
+        (&self.weights, &self.bias)
+    }
+
     fn k_len(&self) -> usize {
         self.spec.kernel * self.spec.kernel * self.spec.c_in
     }

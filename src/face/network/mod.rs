@@ -8,20 +8,26 @@
 //! - [`CpuNetwork`]: the production path. Bias and scale are folded into the filters at load,
 //!   each convolution is an im2col + matrix product tiled over a thread pool, and the bias,
 //!   shortcut and ReLU are applied to each tile while it is in cache.
+//!
+//! And the same function on a GPU, [`GpuNetwork`] (WGSL on wgpu, many faces per dispatch),
+//! within 1e-3 of [`CpuNetwork`]. [`Network`] is either, for callers that take both.
 
 pub mod failover;
 pub mod reference;
 
 mod conv;
 mod cpu;
+mod gpu;
 mod tensor;
 
 pub use cpu::{CpuNetwork, MAX_FACES_PER_PASS};
 pub use failover::FailoverEmbedder;
+pub use gpu::{DEFAULT_FACES_PER_PASS, GpuNetwork};
 
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::engine::gpu::GpuError;
 use crate::face::model::{DESCRIPTOR_DIM, ModelError};
 use crate::face::preprocess::{FaceBatch, ImageError};
 
@@ -41,6 +47,44 @@ impl Embedder for CpuNetwork {
 
     fn embed(&self, batch: &FaceBatch) -> Result<Vec<Descriptor>, EmbedError> {
         Ok(self.describe(batch))
+    }
+}
+
+impl Embedder for GpuNetwork {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn embed(&self, batch: &FaceBatch) -> Result<Vec<Descriptor>, EmbedError> {
+        self.describe(batch)
+    }
+}
+
+/// The descriptor network on either backend.
+#[derive(Debug)]
+pub enum Network {
+    /// On the CPU's threads.
+    Cpu(CpuNetwork),
+    /// On a GPU.
+    Gpu(GpuNetwork),
+}
+
+impl Network {
+    /// Descriptors of every face in `batch`, in order. The CPU cannot fail; the GPU returns
+    /// [`EmbedError::Gpu`] when its device fails.
+    pub fn describe(&self, batch: &FaceBatch) -> Result<Vec<Descriptor>, EmbedError> {
+        match self {
+            Network::Cpu(cpu) => Ok(cpu.describe(batch)),
+            Network::Gpu(gpu) => gpu.describe(batch),
+        }
+    }
+
+    /// `"cpu"` or `"gpu"`, as the command line names them.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Network::Cpu(_) => "cpu",
+            Network::Gpu(_) => "gpu",
+        }
     }
 }
 
@@ -95,14 +139,13 @@ impl fmt::Debug for Descriptor {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EmbedError {
-    /// The backend exists in name only so far.
-    #[error(
-        "the {backend} embed backend is not available yet (its WGSL path is still to be \
-         written); use --backend cpu"
-    )]
-    BackendUnavailable {
-        /// The backend asked for.
-        backend: String,
+    /// The GPU network could not be set up or failed to run (no adapter, device lost,
+    /// submission failed, out of device memory). The CPU network can compute the same
+    /// descriptors.
+    #[error("GPU descriptor network: {source}")]
+    Gpu {
+        /// What the GPU path reported.
+        source: GpuError,
     },
     /// The image could not be read.
     #[error("{path}: {source}")]
@@ -148,7 +191,7 @@ pub enum EmbedError {
         source: rayon::ThreadPoolBuildError,
     },
     /// The backend name is not one gatematch knows.
-    #[error("unknown embed backend {backend:?}; use cpu (gpu is planned)")]
+    #[error("unknown embed backend {backend:?}; use cpu or gpu")]
     UnknownBackend {
         /// The name given.
         backend: String,
