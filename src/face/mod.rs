@@ -13,6 +13,8 @@
 //! - [`network`]: the network itself, as a plain [`network::reference`] oracle, as the
 //!   batched, multi-threaded [`CpuNetwork`], and as [`GpuNetwork`] in WGSL (within 1e-3 of
 //!   the CPU, MODEL.md's bar for the GPU).
+//! - [`detect`]: face detection (SSD MobileNet v1) and 68-point landmarks on the CPU, from a
+//!   photo to the landmarks the descriptor box comes from.
 //! - [`embed`]: the pipeline driven from files, as `gatematch embed` uses it.
 //! - [`bench`](mod@bench): throughput of either network (`gatematch bench embed`).
 //!
@@ -32,7 +34,8 @@
 //!   unmeasured (`benches/gpu.sh` prints it). Its convolution tile (128 pixels × 32
 //!   channels) is one size for all layers: at batch 1 the deep 4 × 4 layers fill one tile in
 //!   eight, and no layer splits its reduction across workgroups.
-//! - Detection and landmarks are not ported: the caller gives the 68 landmarks (or the box).
+//! - Detection and landmarks ([`detect`]) run on the CPU only, and `gatematch embed` does not
+//!   call them yet: its caller gives the 68 landmarks (or the box).
 //! - JPEG and PNG only; JPEG 2000 (chip photos, DG2) is not decoded yet.
 //! - EXIF orientation is not applied (nor does the reference); gates send upright images.
 //! - Which JPEG decoder is used shifts descriptors by about 1e-3 (decoders differ by a level
@@ -41,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod detect;
 pub mod embed;
 pub mod model;
 pub mod network;
