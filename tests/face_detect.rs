@@ -339,3 +339,55 @@ fn time_per_frame() {
         rayon::current_num_threads()
     );
 }
+
+/// The tiny landmark net against the full one on the default detector's boxes: how far its
+/// landmarks and the descriptors computed from them fall from the reference's, and its speed.
+/// A comparison for choosing, not a check: `cargo test --release --test face_detect --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a check; run by hand with --nocapture"]
+fn tiny_landmark_net_against_the_full_one() {
+    let tensors = gatematch::face::model::tfjs::read_tensors(
+        &models_dir().join("face_landmark_68_tiny_model-weights_manifest.json"),
+    )
+    .unwrap();
+    let tiny = gatematch::face::detect::LandmarkNet::new_tiny(&tensors).unwrap();
+    let full = finder().landmark_net();
+    let network = CpuNetwork::new(model(), 2).unwrap();
+    for image in &reference().images {
+        let rgb = decoded(&image.image);
+        let detections = finder().detector().detect(&rgb).unwrap();
+        for (name, net) in [("full", full), ("tiny", &tiny)] {
+            let start = Instant::now();
+            let runs = 10;
+            let mut found = Vec::new();
+            for _ in 0..runs {
+                found = net.landmarks_batch(&rgb, &detections).unwrap();
+            }
+            let ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(runs);
+            for ((landmarks, face), detection) in
+                found.into_iter().zip(&image.faces).zip(&detections)
+            {
+                let landmarks = landmarks.unwrap();
+                let face_found = FoundFace {
+                    detection: *detection,
+                    landmarks: landmarks.clone(),
+                };
+                let landmark_px = landmark_error(&face_found, face);
+                let mut batch = FaceBatch::default();
+                batch
+                    .push_face(&rgb, landmarks.descriptor_box().unwrap())
+                    .unwrap();
+                let descriptor = network.describe(&batch)[0];
+                let reference =
+                    gatematch::face::Descriptor::new(face.descriptor.clone().try_into().unwrap());
+                println!(
+                    "{}: {name}: {ms:.1} ms, landmarks off by up to {landmark_px:.1} px, \
+                     descriptor distance to the reference {:.4}",
+                    image.image,
+                    descriptor.distance(&reference)
+                );
+            }
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! The 68-point landmark network (`face_landmark_68_model`, face-api's FaceLandmark68Net),
-//! computed as `DetectAllFaceLandmarksTask` computes it for each detection.
+//! computed as `DetectAllFaceLandmarksTask` computes it for each detection; and its tiny
+//! sibling (`face_landmark_68_tiny_model`, FaceLandmark68TinyNet: three dense blocks of three
+//! convolutions, 128 features), for comparison.
 //!
 //! 1. The crop: the detection box, clipped at the image's borders and floored
 //!    (`extractFaceTensors`, `Box.clipAtImageBorders`), padded with zeros to a centred square,
@@ -22,7 +24,10 @@ use crate::face::preprocess::{FaceBox, ImageError, Point, RgbImage, descriptor_b
 
 use super::input::{PaddedSquare, Padding};
 use super::layers::{Activation, Activations, Conv, Depthwise};
-use super::spec::{DENSE_BLOCKS, LANDMARK_OUTPUTS, landmark_tensor_specs, take_checked};
+use super::spec::{
+    DENSE_BLOCKS, LANDMARK_OUTPUTS, TINY_DENSE_BLOCKS, landmark_tensor_specs, take_checked,
+    tiny_landmark_tensor_specs,
+};
 use super::{DetectError, Detection};
 
 /// Side of the landmark network's square input, in pixels.
@@ -93,28 +98,41 @@ enum Entry {
 #[derive(Debug)]
 struct DenseBlock {
     entry: Entry,
-    convs: [Separable; 3],
+    /// Three (`denseBlock4`) or two (`denseBlock3`).
+    convs: Vec<Separable>,
 }
 
 impl DenseBlock {
-    /// `denseBlock4`, with the additions in the reference's order (they round in f32).
+    /// `denseBlock4` / `denseBlock3`: each convolution takes the ReLU of the sum of the
+    /// block's outputs so far, summed right to left as the reference nests its `add`s (they
+    /// round in f32).
     fn forward(&self, x: &Activations) -> Activations {
-        let mut out1 = match &self.entry {
+        let mut first = match &self.entry {
             Entry::Full(conv) => conv.forward(x, Activation::Identity),
             Entry::Separable(conv) => conv.forward(x),
         };
-        out1.relu_in_place();
-        let out2 = self.convs[0].forward(&out1);
-        let mut in3 = out1.add(&out2);
-        in3.relu_in_place();
-        let out3 = self.convs[1].forward(&in3);
-        let mut in4 = out1.add(&out2.add(&out3));
-        in4.relu_in_place();
-        let out4 = self.convs[2].forward(&in4);
-        let mut out = out1.add(&out2.add(&out3.add(&out4)));
-        out.relu_in_place();
-        out
+        first.relu_in_place();
+        let mut outputs = vec![first];
+        for conv in &self.convs {
+            let input = if outputs.len() == 1 {
+                outputs[0].clone()
+            } else {
+                relu_of_sum(&outputs)
+            };
+            outputs.push(conv.forward(&input));
+        }
+        relu_of_sum(&outputs)
     }
+}
+
+/// `relu(o[0] + (o[1] + (... + o[n-1])))`.
+fn relu_of_sum(outputs: &[Activations]) -> Activations {
+    let (last, rest) = outputs
+        .split_last()
+        .unwrap_or_else(|| unreachable!("one output at least"));
+    let mut sum = rest.iter().rev().fold(last.clone(), |acc, o| o.add(&acc));
+    sum.relu_in_place();
+    sum
 }
 
 /// One face's crop: where it lies in the image and the detection corner its points shift by.
@@ -131,7 +149,7 @@ struct Crop {
 #[derive(Debug)]
 pub struct LandmarkNet {
     blocks: Vec<DenseBlock>,
-    /// `[256, 136]` row-major.
+    /// `[features, 136]` row-major (256 features, 128 in the tiny network).
     fc: Vec<f32>,
     fc_bias: Vec<f32>,
 }
@@ -141,6 +159,19 @@ impl LandmarkNet {
     /// shape.
     pub fn new(tensors: &HashMap<String, Tensor>) -> Result<Self, DetectError> {
         let t = take_checked(&landmark_tensor_specs(), tensors)?;
+        Ok(Self::build(&t, &DENSE_BLOCKS, 3))
+    }
+
+    /// Builds the tiny network from `face_landmark_68_tiny_model`'s tensors, checking every
+    /// name and shape.
+    pub fn new_tiny(tensors: &HashMap<String, Tensor>) -> Result<Self, DetectError> {
+        let t = take_checked(&tiny_landmark_tensor_specs(), tensors)?;
+        Ok(Self::build(&t, &TINY_DENSE_BLOCKS, 2))
+    }
+
+    /// The network of `blocks`, each of an entry convolution and `convs` separable ones, from
+    /// checked tensors.
+    fn build(t: &HashMap<String, Tensor>, blocks: &[(usize, usize)], convs: usize) -> Self {
         let data = |name: String| -> Vec<f32> {
             // Invariant: take_checked admitted exactly the spec'd names.
             t.get(&name)
@@ -163,7 +194,7 @@ impl LandmarkNet {
                 data(format!("{prefix}/bias")),
             ),
         };
-        let blocks = DENSE_BLOCKS
+        let blocks = blocks
             .iter()
             .enumerate()
             .map(|(i, &(c_in, c_out))| {
@@ -174,18 +205,17 @@ impl LandmarkNet {
                 } else {
                     Entry::Separable(separable(format!("dense{i}/conv0"), c_in, c_out, 2))
                 };
-                let conv = |j: usize| separable(format!("dense{i}/conv{j}"), c_out, c_out, 1);
-                DenseBlock {
-                    entry,
-                    convs: [conv(1), conv(2), conv(3)],
-                }
+                let convs = (1..=convs)
+                    .map(|j| separable(format!("dense{i}/conv{j}"), c_out, c_out, 1))
+                    .collect();
+                DenseBlock { entry, convs }
             })
             .collect();
-        Ok(Self {
+        Self {
             blocks,
             fc: data("fc/weights".into()),
             fc_bias: data("fc/bias".into()),
-        })
+        }
     }
 
     /// The 68 landmarks of the face `detection` found in `image`.
@@ -262,7 +292,7 @@ impl LandmarkNet {
             .collect()
     }
 
-    /// `features[256] · fc[256, 136] + bias`.
+    /// `features · fc + bias`.
     fn fully_connected(&self, features: &[f32]) -> Vec<f32> {
         let mut out = vec![0.0f32; LANDMARK_OUTPUTS];
         for (i, &f) in features.iter().enumerate() {
@@ -278,7 +308,8 @@ impl LandmarkNet {
     }
 }
 
-/// The whole-map average (the 7×7 VALID pool of a 7×7 map): `n` vectors of `c`.
+/// The whole-map average (the 7×7, or in the tiny network 14×14, VALID pool of a map of
+/// that side): `n` vectors of `c`.
 fn average_pool(x: &Activations) -> Vec<f32> {
     let cells = x.h * x.w;
     let mut out = vec![0.0f32; x.n * x.c];

@@ -13,8 +13,8 @@
 //!
 //! # Limitations
 //!
-//! - Only the default pair (SSD MobileNet v1, full landmark net); the tiny detector and the
-//!   tiny landmark net are not ported.
+//! - The tiny landmark net ([`LandmarkNet::new_tiny`]) runs, for comparison, but has no group
+//!   in the model file; the tiny detector (TinyYolov2-style) is not ported.
 //! - One image per detector pass; several faces of one image do share a landmark pass.
 
 pub mod boxes;
@@ -29,7 +29,7 @@ mod spec;
 
 pub use error::DetectError;
 pub use landmarks::{FaceLandmarks, LANDMARK_INPUT_SIZE, LandmarkNet};
-pub use spec::{detector_tensor_specs, landmark_tensor_specs};
+pub use spec::{detector_tensor_specs, landmark_tensor_specs, tiny_landmark_tensor_specs};
 pub use ssd::{DETECTOR_INPUT_SIZE, Detector, DetectorOptions};
 pub use store::{DetectionWeights, import_tfjs_with_detection, load_detection};
 

@@ -47,6 +47,9 @@ pub(crate) const ANCHOR_COUNT: usize = 5118;
 /// The landmark network's four dense blocks: (input channels, output channels).
 pub(crate) const DENSE_BLOCKS: [(usize, usize); 4] = [(3, 32), (32, 64), (64, 128), (128, 256)];
 
+/// The tiny landmark network's three dense blocks: (input channels, output channels).
+pub(crate) const TINY_DENSE_BLOCKS: [(usize, usize); 3] = [(3, 32), (32, 64), (64, 128)];
+
 /// The landmark network's output: 68 (x, y) pairs.
 pub(crate) const LANDMARK_OUTPUTS: usize = 136;
 
@@ -101,9 +104,20 @@ pub fn detector_tensor_specs() -> Vec<(String, Vec<usize>)> {
 
 /// Every tensor of `face_landmark_68_model`, with its shape.
 pub fn landmark_tensor_specs() -> Vec<(String, Vec<usize>)> {
+    dense_net_specs(&DENSE_BLOCKS, 4)
+}
+
+/// Every tensor of `face_landmark_68_tiny_model`, with its shape.
+pub fn tiny_landmark_tensor_specs() -> Vec<(String, Vec<usize>)> {
+    dense_net_specs(&TINY_DENSE_BLOCKS, 3)
+}
+
+/// Dense blocks of `convs` convolutions each (the first a full 3×3 in the first block), then
+/// the fully connected layer.
+fn dense_net_specs(blocks: &[(usize, usize)], convs: usize) -> Vec<(String, Vec<usize>)> {
     let mut specs = Vec::new();
-    for (i, &(c_in, c_out)) in DENSE_BLOCKS.iter().enumerate() {
-        for conv in 0..4 {
+    for (i, &(c_in, c_out)) in blocks.iter().enumerate() {
+        for conv in 0..convs {
             let prefix = format!("dense{i}/conv{conv}");
             let c = if conv == 0 { c_in } else { c_out };
             if i == 0 && conv == 0 {
@@ -115,7 +129,8 @@ pub fn landmark_tensor_specs() -> Vec<(String, Vec<usize>)> {
             specs.push((format!("{prefix}/bias"), vec![c_out]));
         }
     }
-    specs.push(("fc/weights".into(), vec![256, LANDMARK_OUTPUTS]));
+    let features = blocks.last().map_or(0, |&(_, c)| c);
+    specs.push(("fc/weights".into(), vec![features, LANDMARK_OUTPUTS]));
     specs.push(("fc/bias".into(), vec![LANDMARK_OUTPUTS]));
     specs
 }
@@ -169,5 +184,6 @@ mod tests {
         // 151 in the manifest, less 17 graph constants (slice bounds, axes) the code never reads.
         assert_eq!(detector_tensor_specs().len(), 134);
         assert_eq!(landmark_tensor_specs().len(), 49);
+        assert_eq!(tiny_landmark_tensor_specs().len(), 28);
     }
 }
