@@ -13,6 +13,10 @@
 //! - [`network`]: the network itself, as a plain [`network::reference`] oracle, as the
 //!   batched, multi-threaded [`CpuNetwork`], and as [`GpuNetwork`] in WGSL (within 1e-3 of
 //!   the CPU, MODEL.md's bar for the GPU).
+//! - [`detect`]: face detection (SSD MobileNet v1) and 68-point landmarks on the CPU, from a
+//!   photo to the landmarks the descriptor box comes from.
+//! - [`quality`]: capture-quality measures from the landmarks and the pixels, held against a
+//!   policy; [`capture`] puts location and judgement together for one capture.
 //! - [`embed`]: the pipeline driven from files, as `gatematch embed` uses it.
 //! - [`bench`](mod@bench): throughput of either network (`gatematch bench embed`).
 //!
@@ -25,15 +29,14 @@
 //!
 //! # Limitations
 //!
-//! - The GPU network is reached from `gatematch embed` and `bench embed` only: the engine's
-//!   batcher does not embed yet (nor fail over from GPU to CPU for faces), and face images are
-//!   not in the gate protocol.
 //! - The GPU network has run on lavapipe only (correctness); its speed on a real GPU is
 //!   unmeasured (`benches/gpu.sh` prints it). Its convolution tile (128 pixels × 32
 //!   channels) is one size for all layers: at batch 1 the deep 4 × 4 layers fill one tile in
 //!   eight, and no layer splits its reduction across workgroups.
-//! - Detection and landmarks are not ported: the caller gives the 68 landmarks (or the box).
-//! - JPEG and PNG only; JPEG 2000 (chip photos, DG2) is not decoded yet.
+//! - Detection and landmarks ([`detect`]) run on the CPU only, one image per detector pass,
+//!   on the blocking pool of the request that brought the image (not batched across gates).
+//! - The cover measures of [`quality`] compare regions with the face's own skin; they have been
+//!   measured on synthetic occluders over a handful of real photos only.
 //! - EXIF orientation is not applied (nor does the reference); gates send upright images.
 //! - Which JPEG decoder is used shifts descriptors by about 1e-3 (decoders differ by a level
 //!   or two per pixel); the fixtures pin the image crate's decoder.
@@ -42,6 +45,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod detect;
 pub mod embed;
 pub mod model;
 pub mod network;

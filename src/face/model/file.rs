@@ -134,7 +134,7 @@ pub fn weights_digest(model: &FaceModel) -> String {
 }
 
 /// Returns the group that will hold `name`'s last component, creating the groups above it.
-fn ensure_parent<'n>(root: &Group, name: &'n str) -> hdf5::Result<(Group, &'n str)> {
+pub(crate) fn ensure_parent<'n>(root: &Group, name: &'n str) -> hdf5::Result<(Group, &'n str)> {
     let (dirs, leaf) = name.rsplit_once('/').unwrap_or(("", name));
     let mut group = root.clone();
     for part in dirs.split('/').filter(|p| !p.is_empty()) {
@@ -149,7 +149,7 @@ fn ensure_parent<'n>(root: &Group, name: &'n str) -> hdf5::Result<(Group, &'n st
 
 /// `link_exists` on a nested path fails inside HDF5 when a middle component is missing, so walk
 /// it one component at a time.
-fn link_path_exists(root: &Group, name: &str) -> bool {
+pub(crate) fn link_path_exists(root: &Group, name: &str) -> bool {
     let mut group = root.clone();
     let mut parts = name.split('/').peekable();
     while let Some(part) = parts.next() {
@@ -190,7 +190,7 @@ fn write_attributes(loc: &Location, info: &ModelInfo, digest: &str) -> hdf5::Res
     Ok(())
 }
 
-fn write_string(loc: &Location, name: &str, value: &str) -> hdf5::Result<()> {
+pub(crate) fn write_string(loc: &Location, name: &str, value: &str) -> hdf5::Result<()> {
     let value: VarLenUnicode = value
         .parse()
         .map_err(|e| hdf5::Error::from(format!("attribute {name}: {e}")))?;
@@ -245,7 +245,11 @@ fn read_attributes(loc: &Location, path: &Path) -> Result<ModelInfo, ModelError>
     Ok(info)
 }
 
-fn read_scalar<T: hdf5::H5Type>(loc: &Location, name: &str, path: &Path) -> Result<T, ModelError> {
+pub(crate) fn read_scalar<T: hdf5::H5Type>(
+    loc: &Location,
+    name: &str,
+    path: &Path,
+) -> Result<T, ModelError> {
     loc.attr(name)
         .and_then(|a| a.read_scalar::<T>())
         .map_err(|e| ModelError::Attribute {
@@ -255,7 +259,7 @@ fn read_scalar<T: hdf5::H5Type>(loc: &Location, name: &str, path: &Path) -> Resu
         })
 }
 
-fn read_string(loc: &Location, name: &str, path: &Path) -> Result<String, ModelError> {
+pub(crate) fn read_string(loc: &Location, name: &str, path: &Path) -> Result<String, ModelError> {
     read_scalar::<VarLenUnicode>(loc, name, path).map(|s| s.as_str().to_owned())
 }
 

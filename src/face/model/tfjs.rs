@@ -4,6 +4,10 @@
 //! A tensor with a `quantization` entry is stored as one uint8 per value and decodes as
 //! `q * scale + min`. TF.js evaluates that in f64 (JavaScript numbers) and rounds once to f32;
 //! so does this reader, so that its weights are bit-identical to the reference's.
+//!
+//! The SSD detector's manifest also lists a few int32 graph constants (slice bounds, axes) that
+//! the network does not use; they decode as TF.js decodes them (rounded to the nearest integer)
+//! and are returned as f32, so that the manifest reads whole and its size check still holds.
 
 use std::collections::HashMap;
 use std::fs;
@@ -43,14 +47,24 @@ struct Quantization {
 /// How one tensor is stored in the binary.
 enum Storage {
     F32,
-    U8 { scale: f64, min: f64 },
+    U8 {
+        scale: f64,
+        min: f64,
+    },
+    /// Raw little-endian int32.
+    I32,
+    /// uint8-quantised int32: `round(q * scale + min)`.
+    U8Int {
+        scale: f64,
+        min: f64,
+    },
 }
 
 impl Storage {
     fn bytes_per_value(&self) -> usize {
         match self {
-            Self::F32 => 4,
-            Self::U8 { .. } => 1,
+            Self::F32 | Self::I32 => 4,
+            Self::U8 { .. } | Self::U8Int { .. } => 1,
         }
     }
 }
@@ -151,15 +165,20 @@ fn storage_of(entry: &WeightEntry, path: &Path) -> Result<Storage, ModelError> {
         name: entry.name.clone(),
         storage,
     };
-    if entry.dtype != "float32" {
-        return Err(unsupported(entry.dtype.clone()));
-    }
+    let int = match entry.dtype.as_str() {
+        "float32" => false,
+        "int32" => true,
+        other => return Err(unsupported(other.to_owned())),
+    };
     match &entry.quantization {
+        None if int => Ok(Storage::I32),
         None => Ok(Storage::F32),
         Some(q) if q.dtype == "uint8" && q.scale.is_finite() && q.min.is_finite() => {
-            Ok(Storage::U8 {
-                scale: q.scale,
-                min: q.min,
+            let (scale, min) = (q.scale, q.min);
+            Ok(if int {
+                Storage::U8Int { scale, min }
+            } else {
+                Storage::U8 { scale, min }
             })
         }
         Some(q) => Err(unsupported(format!(
@@ -218,6 +237,14 @@ fn decode(
             Storage::U8 { scale, min } => chunk
                 .iter()
                 .map(|&q| (f64::from(q) * scale + min) as f32)
+                .collect(),
+            Storage::I32 => chunk
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
+            Storage::U8Int { scale, min } => chunk
+                .iter()
+                .map(|&q| (f64::from(q) * scale + min).round() as f32)
                 .collect(),
         };
         debug_assert_eq!(Vec::<f32>::len(&data), count);
