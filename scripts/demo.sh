@@ -13,6 +13,7 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -d "$XDG_RUNTIME_DIR" ]; then
   export XDG_RUNTIME_DIR
   trap 'rm -rf "$XDG_RUNTIME_DIR"' EXIT
 fi
-# The face model file, converted once from the weights setup fetched.
-[ -f models/face.h5 ] || target/release/gatematch model import --out models/face.h5
+# The face model file (descriptor network, detector, landmarks), converted from the weights
+# setup fetched; made again each time, so that an older file without the detector is replaced.
+target/release/gatematch model import --out models/face.h5
 target/release/gatematch demo --face-model models/face.h5 "$@"

@@ -13,6 +13,8 @@ use crate::config::{BackendChoice, Config, ConfigError, FaceConfig, SYNTHETIC_MO
 use crate::engine::Backend;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{GpuEngine, GpuError, GpuOptions};
+use crate::face::capture::{CaptureError, FindFaces, PooledFinder};
+use crate::face::detect::FaceFinder;
 use crate::face::network::FailoverEmbedder;
 use crate::face::{CpuNetwork, EmbedError, Embedder, GpuNetwork, ModelError};
 use crate::flows::{Appliance, ApplianceError, FaceNetworks};
@@ -63,6 +65,9 @@ pub enum CommandError {
     /// The face network could not be set up.
     #[error("face network: {0}")]
     Embed(#[from] EmbedError),
+    /// The face detector could not be set up.
+    #[error("face detector: {0}")]
+    Capture(#[from] CaptureError),
     /// The metrics exporter could not start.
     #[error("metrics exporter: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
@@ -165,10 +170,31 @@ pub fn face_networks(config: &Config) -> Result<Option<FaceNetworks>, CommandErr
         }
         Some(Err(e)) => return Err(CommandError::Embed(e)),
     };
-    Ok(Some(FaceNetworks {
-        embedder,
-        finder: None,
-    }))
+    let finder = face_finder(&face.model, threads)?;
+    Ok(Some(FaceNetworks { embedder, finder }))
+}
+
+/// The face detector and landmark network from the model file, on `threads` threads of their
+/// own; `None` for a model file made without them (gates must then send landmarks or a crop).
+fn face_finder(
+    model: &std::path::Path,
+    threads: usize,
+) -> Result<Option<Arc<dyn FindFaces>>, CommandError> {
+    let Some(weights) = crate::face::detect::load_detection(model)? else {
+        tracing::warn!(
+            model = %model.display(),
+            "the face model file has no detector: gates must send landmarks or a ready crop"
+        );
+        return Ok(None);
+    };
+    let finder = FaceFinder::new(&weights).map_err(CaptureError::from)?;
+    tracing::info!(
+        detector = "ssd_mobilenetv1",
+        landmarks = "face_landmark_68",
+        threads,
+        "face detector loaded"
+    );
+    Ok(Some(Arc::new(PooledFinder::new(finder, threads)?)))
 }
 
 /// An appliance running inside this process (the demo and the tests use it).

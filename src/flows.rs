@@ -108,7 +108,11 @@ impl From<CaptureError> for Refusal {
         match e {
             CaptureError::Image(e) => e.into(),
             CaptureError::NoDetector => Refusal::new(Reason::BadFaceRegion, e.to_string()),
-            CaptureError::Detection { .. } => Refusal::new(Reason::BadImage, e.to_string()),
+            CaptureError::Detection(_) => Refusal::new(Reason::BadImage, e.to_string()),
+            CaptureError::ThreadPool { .. } => {
+                tracing::error!(error = %e, "face detector could not run");
+                Refusal::new(Reason::Internal, "face detection failed")
+            }
         }
     }
 }
@@ -622,7 +626,7 @@ fn capture_quality(capture: &Capture) -> proto::CaptureQuality {
             width: f.detection.width,
             height: f.detection.height,
         }),
-        detection_score: found.map_or(0.0, |f| f.score),
+        detection_score: found.map_or(0.0, |f| f.detection.score),
         checks: capture
             .checks
             .iter()

@@ -194,15 +194,15 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Converts the TF.js face descriptor network (from scripts/fetch-model.sh) into one HDF5
-    /// model file.
+    /// Converts the published TF.js networks (from scripts/fetch-model.sh) into one HDF5 model
+    /// file: the descriptor network, the face detector and the 68-point landmark network.
     Import {
-        /// The network's TF.js weights manifest; its .bin must be beside it.
-        #[arg(
-            long,
-            default_value = "models/face-api-1.7.15/face_recognition_model-weights_manifest.json"
-        )]
-        manifest: PathBuf,
+        /// The package's model folder, holding each network's manifest and .bin.
+        #[arg(long, default_value = "models/face-api-1.7.15")]
+        models: PathBuf,
+        /// Write the descriptor network alone (gates must then send landmarks or a crop).
+        #[arg(long)]
+        descriptor_only: bool,
         /// The model file to write (replaced if present).
         #[arg(long, default_value = "models/face.h5")]
         out: PathBuf,
@@ -217,14 +217,17 @@ enum ModelCommand {
 
 #[derive(clap::Args)]
 struct EmbedArgs {
-    /// JPEG or PNG images, one face each.
+    /// JPEG, PNG or JPEG 2000 images.
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// The face's box X,Y,W,H in image pixels (MODEL.md step 1), clipped at the image's
-    /// borders; once for all images or once per image. Without --box or --landmarks the whole
-    /// image is the crop.
-    #[arg(long = "box", value_name = "X,Y,W,H", conflicts_with = "landmarks")]
+    /// borders; once for all images or once per image. Without --box, --landmarks or --whole
+    /// the detector finds every face and measures its capture quality.
+    #[arg(long = "box", value_name = "X,Y,W,H", conflicts_with_all = ["landmarks", "whole"])]
     boxes: Vec<gatematch::face::FaceBox>,
+    /// Each image is the face crop already (a ready crop): no detection.
+    #[arg(long, conflicts_with = "landmarks")]
+    whole: bool,
     /// A JSON file of the face's 68 landmarks in image pixels; once for all images or once per
     /// image.
     #[arg(long, value_name = "FILE.json")]
@@ -324,18 +327,38 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command))
 }
 
+/// The descriptor network's manifest in the package's model folder.
+const DESCRIPTOR_MANIFEST: &str = "face_recognition_model-weights_manifest.json";
+
 /// `gatematch model import` and `gatematch model check`.
 fn model_command(what: ModelCommand) -> anyhow::Result<()> {
     use gatematch::face::model::file;
 
     match what {
-        ModelCommand::Import { manifest, out } => {
-            let model = file::import_tfjs(&manifest, &out)?;
+        ModelCommand::Import {
+            models,
+            descriptor_only,
+            out,
+        } => {
+            let model = if descriptor_only {
+                file::import_tfjs(&models.join(DESCRIPTOR_MANIFEST), &out)?
+            } else {
+                gatematch::face::detect::import_tfjs_with_detection(&models, &out)?
+            };
             let parameters = model.parameter_count();
-            println!("wrote {} ({parameters} parameters)", out.display());
+            let networks = if descriptor_only {
+                "descriptor network"
+            } else {
+                "descriptor network, face detector, landmark network"
+            };
+            println!(
+                "wrote {} ({networks}; {parameters} descriptor parameters)",
+                out.display()
+            );
         }
         ModelCommand::Check { file: path } => {
             let model = file::load_model(&path)?;
+            let detection = gatematch::face::detect::load_detection(&path)?;
             let info = model.info();
             println!(
                 "{}: {}, input {}x{}, output {}, {} distance, threshold {}, weights sha256 {}",
@@ -347,6 +370,15 @@ fn model_command(what: ModelCommand) -> anyhow::Result<()> {
                 info.distance,
                 info.default_threshold,
                 file::weights_digest(&model)
+            );
+            println!(
+                "{}: face detector and landmark network {}",
+                path.display(),
+                if detection.is_some() {
+                    "present and checked"
+                } else {
+                    "absent (gates must send landmarks or a ready crop)"
+                }
             );
         }
     }
@@ -361,18 +393,49 @@ fn embed_command(args: EmbedArgs) -> anyhow::Result<()> {
     use gatematch::face::preprocess::DecodeLimits;
 
     let backend = args.backend.parse::<Backend>()?;
-    let regions: Vec<FaceRegion> = if args.landmarks.is_empty() {
+    let regions: Vec<FaceRegion> = if args.whole {
+        vec![FaceRegion::Whole]
+    } else if args.landmarks.is_empty() {
         args.boxes.into_iter().map(FaceRegion::Box).collect()
     } else {
         let read = |path: &PathBuf| Landmarks::read(path).map(FaceRegion::Landmarks);
         args.landmarks.iter().map(read).collect::<Result<_, _>>()?
     };
     let network = embed::open_network(&args.model, backend, args.threads)?;
+    // The detector only when it is needed: with a region for every image there is nothing to
+    // find.
+    let finder = if regions.is_empty() {
+        let Some(weights) = gatematch::face::detect::load_detection(&args.model)? else {
+            bail!(
+                "{} has no face detector: give --box, --landmarks or --whole, or make the file \
+                 again with `gatematch model import`",
+                args.model.display()
+            );
+        };
+        let finder = gatematch::face::detect::FaceFinder::new(&weights)?;
+        Some(gatematch::face::capture::PooledFinder::new(
+            finder,
+            embed::resolve_threads(args.threads),
+        )?)
+    } else {
+        None
+    };
+    let policy = gatematch::face::quality::QualityPolicy::default();
+    let finding = finder.as_ref().map(|finder| embed::Finding {
+        finder,
+        policy: &policy,
+    });
     let mut out = std::io::stdout().lock();
     let limits = DecodeLimits::default();
-    embed::embed_files(&network, &args.images, &regions, &limits, |embedding| {
-        writeln!(out, "{}", embedding.to_json_line())
-    })?;
+    embed::embed_files(
+        &network,
+        &args.images,
+        &regions,
+        finding.as_ref(),
+        &limits,
+        |embedding| writeln!(out, "{}", embedding.to_json_line()),
+        |image| eprintln!("{}: no face found", image.display()),
+    )?;
     out.flush()?;
     Ok(())
 }

@@ -7,7 +7,7 @@ mod face_support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use face_support::{fixture, fixture_dir, manifest_path, temp_dir};
+use face_support::{fixture, fixture_dir, models_dir, temp_dir};
 use serde::Deserialize;
 
 /// MODEL.md's bar for the CPU.
@@ -37,16 +37,12 @@ fn refused(output: &Output) -> String {
 /// Imports the model through the CLI into `dir` and returns the file's path as text.
 fn import(dir: &Path) -> String {
     let out = dir.join("face.h5").display().to_string();
-    let manifest = manifest_path().display().to_string();
+    let models = models_dir().display().to_string();
     let text = stdout(&gatematch(&[
-        "model",
-        "import",
-        "--manifest",
-        &manifest,
-        "--out",
-        &out,
+        "model", "import", "--models", &models, "--out", &out,
     ]));
-    assert!(text.contains("5614592 parameters"), "{text}");
+    assert!(text.contains("5614592 descriptor parameters"), "{text}");
+    assert!(text.contains("face detector"), "{text}");
     out
 }
 
@@ -166,14 +162,45 @@ fn embed_from_landmarks_and_from_boxes_matches_the_reference() {
 }
 
 #[test]
-fn embed_without_a_region_describes_the_whole_image() {
+fn embed_without_a_region_finds_each_face_and_reports_its_landmarks_and_quality() {
+    let dir = temp_dir();
+    let model = import(dir.path());
+    let mut args = vec!["embed", "--model", &model];
+    let images = image_paths();
+    args.extend(images.iter().map(String::as_str));
+    let grey = fixture_dir().join("grey.png").display().to_string();
+    args.push(&grey);
+    let output = gatematch(&args);
+    let text = stdout(&output);
+    // The reference's faces, found by the appliance's own detector: same boxes, same
+    // descriptors; the faceless image is named on stderr and prints no line.
+    assert_matches_reference(&lines(&text));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("grey.png: no face found"), "{stderr}");
+    for line in text.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["landmarks"].as_array().unwrap().len(), 68);
+        assert_eq!(value["detection"]["faces_in_image"], 1);
+        let quality = &value["quality"];
+        assert_eq!(quality["checks"].as_array().unwrap().len(), 10);
+        assert!(
+            quality["issues"].as_array().unwrap().is_empty(),
+            "{quality}"
+        );
+    }
+}
+
+#[test]
+fn embed_whole_describes_the_whole_image() {
     let dir = temp_dir();
     let model = import(dir.path());
     let png = dir.path().join("crop.png");
     let crop = image::RgbImage::from_fn(150, 150, |x, y| image::Rgb([x as u8, y as u8, 90]));
     crop.save(&png).unwrap();
     let png = png.display().to_string();
-    let found = lines(&stdout(&gatematch(&["embed", "--model", &model, &png])));
+    let found = lines(&stdout(&gatematch(&[
+        "embed", "--model", &model, "--whole", &png,
+    ])));
     assert_eq!(found.len(), 1);
     let expected = BoxLine {
         x: 0,

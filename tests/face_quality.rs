@@ -109,3 +109,150 @@ fn occluded_captures_are_caught_and_clean_ones_pass() {
     eprintln!("clean refused {clean_refused}/{}", faces.len());
     assert_eq!(clean_refused, 0, "a clean capture was refused");
 }
+
+/// The detector and landmark network, as the appliance runs them.
+fn finder() -> &'static gatematch::face::detect::FaceFinder {
+    use std::sync::OnceLock;
+    static FINDER: OnceLock<gatematch::face::detect::FaceFinder> = OnceLock::new();
+    FINDER.get_or_init(|| {
+        let weights =
+            gatematch::face::detect::store::read_tfjs_detection(&face_support::models_dir())
+                .expect("detection weights");
+        gatematch::face::detect::FaceFinder::new(&weights).expect("networks build")
+    })
+}
+
+/// `image` cut to the box around `d` grown by its own size on each side: one traveller in
+/// front of the camera, as a gate sees them.
+fn cut_out(image: &RgbImage, d: &gatematch::face::detect::Detection) -> RgbImage {
+    let (w, h) = (image.width() as f64, image.height() as f64);
+    let x0 = (d.x - d.width).clamp(0.0, w) as u32;
+    let y0 = (d.y - d.height).clamp(0.0, h) as u32;
+    let x1 = (d.x + 2.0 * d.width).clamp(0.0, w) as u32;
+    let y1 = (d.y + 2.0 * d.height).clamp(0.0, h) as u32;
+    let (cw, ch) = (x1 - x0, y1 - y0);
+    let row = image.width() as usize * 3;
+    let mut pixels = Vec::with_capacity(cw as usize * ch as usize * 3);
+    for y in y0..y1 {
+        let start = y as usize * row + x0 as usize * 3;
+        pixels.extend_from_slice(&image.as_bytes()[start..start + cw as usize * 3]);
+    }
+    RgbImage::from_raw(cw, ch, pixels).expect("inside the image")
+}
+
+/// What the appliance makes of `image`: the issues of its largest face, or `NoFace`.
+fn judged(image: &RgbImage, policy: &QualityPolicy) -> (Vec<CaptureIssue>, Option<Vec<Point>>) {
+    let mut faces = finder().find(image).expect("detector runs");
+    if faces.is_empty() {
+        return (vec![CaptureIssue::NoFace], None);
+    }
+    faces.sort_by(|a, b| {
+        let area = |f: &gatematch::face::detect::FoundFace| f.detection.width * f.detection.height;
+        area(b).total_cmp(&area(a))
+    });
+    let count = faces.len();
+    let capture =
+        gatematch::face::capture::examine_found(image, faces.swap_remove(0), count, policy)
+            .expect("examined");
+    (capture.issues.clone(), capture.landmarks.clone())
+}
+
+/// The whole path on real photos, the detector included: every face of the fixture photos and
+/// of the package's six group photos (25 faces, none covered), cut out one per traveller; then
+/// the same cut-outs with occluders drawn over the landmarks found on them, detected and
+/// measured again. Counts cover false alarms on the clean faces separately from the pose,
+/// which the group photos' tilted heads fail honestly.
+#[test]
+fn through_the_detector_occluded_faces_are_refused_and_clean_ones_rarely() {
+    let policy = QualityPolicy::default();
+    let mut photos: Vec<RgbImage> = face_support::fixture()
+        .images
+        .iter()
+        .map(|image| {
+            let bytes = std::fs::read(face_support::fixture_dir().join(&image.image)).unwrap();
+            decode_image(&bytes, &DecodeLimits::default()).unwrap()
+        })
+        .collect();
+    for i in 1..=6 {
+        let path = face_support::models_dir().join(format!("demo/sample{i}.jpg"));
+        let bytes =
+            std::fs::read(&path).expect("demo photos: scripts/fetch-model.sh installs them");
+        photos.push(decode_image(&bytes, &DecodeLimits::default()).unwrap());
+    }
+    let cutouts: Vec<RgbImage> = photos
+        .iter()
+        .flat_map(|photo| {
+            let faces = finder().find(photo).unwrap();
+            faces
+                .iter()
+                .map(|f| cut_out(photo, &f.detection))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(cutouts.len() >= 25, "{} faces found", cutouts.len());
+
+    let covers = [
+        CaptureIssue::EyesCovered,
+        CaptureIssue::LowerFaceCovered,
+        CaptureIssue::ForeheadCovered,
+    ];
+    let (mut refused, mut cover_false_alarms, mut pose) = (0, 0, 0);
+    let mut clean = Vec::new();
+    for cutout in &cutouts {
+        let (issues, landmarks) = judged(cutout, &policy);
+        refused += usize::from(!issues.is_empty());
+        cover_false_alarms += usize::from(issues.iter().any(|i| covers.contains(i)));
+        pose += usize::from(issues.contains(&CaptureIssue::HeadPose));
+        clean.push((cutout, landmarks.expect("each cut-out holds its face")));
+    }
+    eprintln!(
+        "clean faces: {} refused of {} ({pose} for head pose, {cover_false_alarms} for a cover)",
+        refused,
+        cutouts.len()
+    );
+
+    const SEEDS: u64 = 2;
+    for occluder in Occluder::ALL {
+        let (mut right, mut other, mut missed, mut lost) = (0, 0, 0, 0);
+        for (cutout, landmarks) in &clean {
+            for seed in 0..SEEDS {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(100 + seed);
+                let covered = occluder::draw(cutout, landmarks, occluder, &mut rng).unwrap();
+                let (issues, _) = judged(&covered, &policy);
+                if issues.contains(&issue_of(occluder)) {
+                    right += 1;
+                } else if issues == [CaptureIssue::NoFace] {
+                    lost += 1;
+                } else if issues.is_empty() {
+                    missed += 1;
+                } else {
+                    other += 1;
+                }
+            }
+        }
+        let total = clean.len() as u64 * SEEDS;
+        eprintln!(
+            "{occluder:?}: {right}/{total} refused for it, {other} for another reason, {lost} \
+             with no face found, {missed} passed"
+        );
+        // Bounds at the rates measured when this test was written, less a margin (see the
+        // closing notes for the figures): a passed occluded capture is the failure that
+        // matters at a gate.
+        // Measured: 1, 3 and 2 of 50 passed.
+        let most_missed = match occluder {
+            Occluder::Mask => 3,
+            Occluder::Brim => 6,
+            Occluder::DarkGlasses => 5,
+        };
+        assert!(
+            missed <= most_missed,
+            "{occluder:?}: {missed} of {total} occluded captures passed (at most {most_missed})"
+        );
+    }
+    // Measured: 7 of 25 (lipstick, face paint and colour casts in party photos read as covers;
+    // see the README's Limitations). The bound stops it from getting worse, not more.
+    assert!(
+        cover_false_alarms <= 8,
+        "{cover_false_alarms} clean faces refused for a cover"
+    );
+}

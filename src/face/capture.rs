@@ -8,54 +8,52 @@
 
 use std::sync::Arc;
 
+use super::detect::{DetectError, FaceFinder, FoundFace};
 use super::preprocess::{FaceBox, ImageError, Point, RgbImage, descriptor_box};
 use super::quality::{CaptureIssue, Check, Measures, QualityPolicy, SeveralFaces, measure};
-
-/// A face the detector found, with the landmarks the landmark network placed on it.
-#[derive(Clone, PartialEq)]
-pub struct FoundFace {
-    /// The detector's box, in image pixels (clipped to the image).
-    pub detection: DetectionBox,
-    /// The detector's confidence in 0..=1.
-    pub score: f32,
-    /// The 68 landmarks, in image pixels.
-    pub landmarks: Vec<Point>,
-    /// Width and height of the region the landmarks were found in (the landmark network's
-    /// input crop): the reference limits the descriptor box by it.
-    pub landmarks_frame: (u32, u32),
-}
-
-impl std::fmt::Debug for FoundFace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Where a face is and its landmarks are biometric data: keep them out of logs.
-        f.debug_struct("FoundFace").finish_non_exhaustive()
-    }
-}
-
-/// An axis-aligned box in image pixels, fractional.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct DetectionBox {
-    /// Left edge.
-    pub x: f64,
-    /// Top edge.
-    pub y: f64,
-    /// Width.
-    pub width: f64,
-    /// Height.
-    pub height: f64,
-}
-
-impl DetectionBox {
-    /// Width × height.
-    pub fn area(&self) -> f64 {
-        self.width.max(0.0) * self.height.max(0.0)
-    }
-}
 
 /// Finds the faces in an image and their landmarks: the detector and the landmark network.
 pub trait FindFaces: Send + Sync {
     /// Every face found in `image`, most confident first.
     fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError>;
+}
+
+/// A [`FaceFinder`] on a thread pool of its own, so that detection neither waits for nor
+/// crowds the descriptor network's threads.
+pub struct PooledFinder {
+    finder: FaceFinder,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for PooledFinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledFinder")
+            .field("threads", &self.pool.current_num_threads())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledFinder {
+    /// `finder` on `threads` worker threads (at least 1).
+    pub fn new(finder: FaceFinder, threads: usize) -> Result<Self, CaptureError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("face-detect-{i}"))
+            .build()
+            .map_err(|e| CaptureError::ThreadPool {
+                reason: e.to_string(),
+            })?;
+        Ok(Self { finder, pool })
+    }
+}
+
+impl FindFaces for PooledFinder {
+    fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
+        let started = std::time::Instant::now();
+        let faces = self.pool.install(|| self.finder.find(image))?;
+        crate::metrics::face_detect(started.elapsed());
+        Ok(faces)
+    }
 }
 
 /// Where the face of a capture is.
@@ -78,7 +76,7 @@ pub enum Region {
 }
 
 /// What examining one capture found.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Capture {
     /// Faces the detector found (0 when the face was given).
     pub faces_found: usize,
@@ -126,10 +124,13 @@ pub enum CaptureError {
          face, or import the detector into the model file (gatematch model import)"
     )]
     NoDetector,
-    /// The detector refused the image (too large for it, or it failed).
-    #[error("face detection failed: {reason}")]
-    Detection {
-        /// What went wrong, without pixels or coordinates.
+    /// The detector refused the image (too large or too elongated for it).
+    #[error("face detection: {0}")]
+    Detection(#[from] DetectError),
+    /// The operating system refused the detector's threads.
+    #[error("cannot start the face detector's threads: {reason}")]
+    ThreadPool {
+        /// The pool's error.
         reason: String,
     },
 }
@@ -142,11 +143,10 @@ pub fn examine(
     finder: Option<&Arc<dyn FindFaces>>,
     policy: &QualityPolicy,
 ) -> Result<Capture, CaptureError> {
-    let (width, height) = (image.width(), image.height());
     let mut capture = Capture::default();
     let (landmarks, frame) = match region {
         Region::ReadyCrop => {
-            capture.face_box = Some(FaceBox::whole(width, height));
+            capture.face_box = Some(FaceBox::whole(image.width(), image.height()));
             return Ok(capture);
         }
         Region::Landmarks {
@@ -168,22 +168,50 @@ pub fn examine(
             }
             let largest = (0..faces.len())
                 .max_by(|&a, &b| {
-                    faces[a]
-                        .detection
-                        .area()
-                        .total_cmp(&faces[b].detection.area())
+                    let area = |i: usize| faces[i].detection.width * faces[i].detection.height;
+                    area(a).total_cmp(&area(b))
                 })
                 .unwrap_or(0);
-            let face = faces.swap_remove(largest);
-            let (points, frame) = (face.landmarks.clone(), face.landmarks_frame);
-            capture.found = Some(face);
-            (points, frame)
+            let found = faces.len();
+            return examine_found(image, faces.swap_remove(largest), found, policy);
         }
     };
+    judge(image, landmarks, frame, policy, capture)
+}
+
+/// Examines one face the detector found among `faces_found`, on its own (`gatematch embed`
+/// reports every face of an image this way).
+pub fn examine_found(
+    image: &RgbImage,
+    face: FoundFace,
+    faces_found: usize,
+    policy: &QualityPolicy,
+) -> Result<Capture, CaptureError> {
+    // The landmark network's crop is the frame the reference limits the box by.
+    let crop = face.landmarks.crop();
+    let frame = (crop.width as u32, crop.height as u32);
+    let landmarks = face.landmarks.points().to_vec();
+    let capture = Capture {
+        faces_found,
+        found: Some(face),
+        ..Capture::default()
+    };
+    judge(image, landmarks, frame, policy, capture)
+}
+
+/// The descriptor box of the face with `landmarks` (found in a `frame`-sized region) and its
+/// quality checks, into `capture`.
+fn judge(
+    image: &RgbImage,
+    landmarks: Vec<Point>,
+    frame: (u32, u32),
+    policy: &QualityPolicy,
+    mut capture: Capture,
+) -> Result<Capture, CaptureError> {
     let face_box = descriptor_box(&landmarks, frame.0, frame.1)?;
     // A face outside the image is a bad region, not a poor capture: refuse it as such before
     // measuring pixels that are not there.
-    face_box.clipped(width, height)?;
+    face_box.clipped(image.width(), image.height())?;
     capture.face_box = Some(face_box);
     if policy.enabled {
         // `descriptor_box` accepted the points, so only coincident eyes make this `None`:
@@ -217,6 +245,7 @@ mod tests {
     /// A plausible frontal face centred at (`cx`, `cy`) with eyes `eye_gap` apart: the eye
     /// rings, the mouth, the rest of the points spread around them.
     fn face_at(cx: f64, cy: f64, eye_gap: f64) -> FoundFace {
+        use crate::face::detect::{Detection, FaceLandmarks};
         let mut points = vec![Point { x: cx, y: cy }; 68];
         for i in 36..42 {
             let a = (i - 36) as f64 / 6.0 * std::f64::consts::TAU;
@@ -243,16 +272,22 @@ mod tests {
                 y: cy + 60.0 * a.sin() - 10.0,
             };
         }
-        FoundFace {
-            detection: DetectionBox {
-                x: cx - 70.0,
-                y: cy - 80.0,
-                width: 140.0 * eye_gap / 60.0,
-                height: 160.0,
-            },
+        let detection = Detection {
+            x: cx - 70.0,
+            y: cy - 80.0,
+            width: 140.0 * eye_gap / 60.0,
+            height: 160.0,
             score: 0.9,
-            landmarks: points,
-            landmarks_frame: (140, 160),
+        };
+        let crop = FaceBox {
+            x: detection.x as i64,
+            y: detection.y as i64,
+            width: detection.width as i64,
+            height: detection.height as i64,
+        };
+        FoundFace {
+            detection,
+            landmarks: FaceLandmarks::new(points, crop),
         }
     }
 

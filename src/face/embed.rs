@@ -1,10 +1,12 @@
 //! The face pipeline driven from files, as `gatematch embed` runs it: read and decode each
 //! image within [`DecodeLimits`], find its face region, compute the descriptors in batches of
-//! up to [`MAX_FACES_PER_PASS`] and hand back one [`Embedding`] per image, in order.
+//! up to [`MAX_FACES_PER_PASS`] and hand back one [`Embedding`] per face, in order.
 //!
 //! A face region is a box in image pixels (step 1 of MODEL.md's preprocessing, done by the
-//! caller), 68 landmarks from which that box is computed, or nothing: then the whole image is
-//! the crop (a ready 150×150 crop passes through unchanged).
+//! caller), 68 landmarks from which that box is computed, the whole image as the crop (a
+//! ready 150×150 crop passes through unchanged), or [`FaceRegion::Find`]: the detector finds
+//! every face, the landmark network places its landmarks, and each face is measured against
+//! the capture-quality policy ([`crate::face::capture`]).
 //!
 //! A landmarks file is JSON, either a bare array of 68 points or an object with a `landmarks`
 //! array and an optional `frame` (alias `landmarks_frame`) `{"width": W, "height": H}`; a
@@ -19,11 +21,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::capture::{Capture, FindFaces, examine_found};
 use super::model::file::load_model;
 use super::network::{CpuNetwork, Descriptor, EmbedError, GpuNetwork, MAX_FACES_PER_PASS, Network};
 use super::preprocess::{
     DecodeLimits, FaceBatch, FaceBox, ImageError, Point, RgbImage, decode_image, descriptor_box,
 };
+use super::quality::QualityPolicy;
 
 /// Largest landmarks file accepted, in bytes (68 points take about 3 KB).
 const MAX_LANDMARKS_BYTES: u64 = 1 << 20;
@@ -161,6 +165,8 @@ impl Landmarks {
 /// Where the face is in an image.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaceRegion {
+    /// Find every face with the detector.
+    Find,
     /// The whole image is the crop.
     Whole,
     /// A box in image pixels, clipped at the image's borders.
@@ -174,7 +180,7 @@ impl FaceRegion {
     pub fn face_box(&self, image: &RgbImage) -> Result<FaceBox, ImageError> {
         let (width, height) = (image.width(), image.height());
         let unclipped = match self {
-            Self::Whole => FaceBox::whole(width, height),
+            Self::Whole | Self::Find => FaceBox::whole(width, height),
             Self::Box(face) => *face,
             Self::Landmarks(landmarks) => landmarks.face_box(width, height)?,
         };
@@ -193,6 +199,8 @@ pub struct Embedding {
     pub backend: Backend,
     /// The network's output.
     pub descriptor: Descriptor,
+    /// For a face the detector found: its detection, landmarks and quality.
+    pub capture: Option<Capture>,
 }
 
 #[derive(Serialize)]
@@ -209,13 +217,48 @@ struct EmbeddingJson<'a> {
     #[serde(rename = "box")]
     face_box: BoxJson,
     backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detection: Option<DetectionJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    landmarks: Option<Vec<[f64; 2]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<QualityJson>,
     descriptor: &'a [f32],
+}
+
+#[derive(Serialize)]
+struct DetectionJson {
+    x: f64,
+    y: f64,
+    width: f64,
+    height: f64,
+    score: f32,
+    /// Faces the detector found in the image.
+    faces_in_image: usize,
+}
+
+#[derive(Serialize)]
+struct QualityJson {
+    /// Each measure by name, with its value, threshold and whether it passed.
+    checks: Vec<CheckJson>,
+    /// The failed checks' issues; empty for a good capture.
+    issues: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct CheckJson {
+    issue: &'static str,
+    value: f64,
+    threshold: f64,
+    passed: bool,
 }
 
 impl Embedding {
     /// One line of `gatematch embed`'s output: a JSON object with `image`, `box` (`x`, `y`,
     /// `width`, `height`), `backend` and the 128 `descriptor` values (shortest round-trip
-    /// decimals), no newline.
+    /// decimals), no newline. For a face the detector found, also `detection` (its box, score
+    /// and the number of faces in the image), the 68 `landmarks` as `[x, y]` pairs and
+    /// `quality` (every check with its value and threshold, and the `issues`).
     pub fn to_json_line(&self) -> String {
         let FaceBox {
             x,
@@ -232,6 +275,34 @@ impl Embedding {
                 height,
             },
             backend: self.backend.name(),
+            detection: self.capture.as_ref().and_then(|c| {
+                c.found.as_ref().map(|f| DetectionJson {
+                    x: f.detection.x,
+                    y: f.detection.y,
+                    width: f.detection.width,
+                    height: f.detection.height,
+                    score: f.detection.score,
+                    faces_in_image: c.faces_found,
+                })
+            }),
+            landmarks: self
+                .capture
+                .as_ref()
+                .and_then(|c| c.landmarks.as_ref())
+                .map(|points| points.iter().map(|p| [p.x, p.y]).collect()),
+            quality: self.capture.as_ref().map(|c| QualityJson {
+                checks: c
+                    .checks
+                    .iter()
+                    .map(|check| CheckJson {
+                        issue: check.issue.label(),
+                        value: check.value,
+                        threshold: check.threshold,
+                        passed: check.passed,
+                    })
+                    .collect(),
+                issues: c.issues.iter().map(|i| i.label()).collect(),
+            }),
             descriptor: self.descriptor.as_slice(),
         };
         // Serialising plain numbers and strings cannot fail.
@@ -275,24 +346,43 @@ pub fn open_network(
     }
 }
 
-/// Computes the descriptor of each of `images` and passes the results to `emit` in order.
+/// How `gatematch embed` finds faces: the detector and the quality policy their captures are
+/// measured against.
+pub struct Finding<'a> {
+    /// The detector and landmark network.
+    pub finder: &'a dyn FindFaces,
+    /// The thresholds each face's measures are reported against.
+    pub policy: &'a QualityPolicy,
+}
+
+/// Computes the descriptor of each face of `images` and passes the results to `emit` in
+/// order.
 ///
-/// `regions` is empty (every image is a crop), holds one region for all images, or one per
-/// image. Stops at the first image that cannot be read, decoded or cut, naming it; what was
-/// emitted before stays emitted; an error from `emit` stops it too. Returns the number of
-/// images described.
-pub fn embed_files<E>(
+/// `regions` is empty (every face is found with `finding`, or with none every image is a
+/// crop), holds one region for all images, or one per image. Stops at the first image that
+/// cannot be read, decoded or cut, naming it; what was emitted before stays emitted; an error
+/// from `emit` stops it too. An image in which the detector finds no face is reported to
+/// `no_face` and skipped. Returns the number of faces described.
+pub fn embed_files<E, N>(
     network: &Network,
     images: &[PathBuf],
     regions: &[FaceRegion],
+    finding: Option<&Finding<'_>>,
     limits: &DecodeLimits,
     mut emit: E,
+    mut no_face: N,
 ) -> Result<usize, EmbedError>
 where
     E: FnMut(Embedding) -> std::io::Result<()>,
+    N: FnMut(&Path),
 {
+    let default = if finding.is_some() {
+        FaceRegion::Find
+    } else {
+        FaceRegion::Whole
+    };
     let region_of = |i: usize| match regions.len() {
-        0 => Ok(&FaceRegion::Whole),
+        0 => Ok(&default),
         1 => Ok(&regions[0]),
         n if n == images.len() => Ok(&regions[i]),
         n => Err(EmbedError::RegionCount {
@@ -300,37 +390,83 @@ where
             regions: n,
         }),
     };
+    // Faces cut but not yet described: the image, its clipped box and what was found.
+    let mut pending: Vec<(PathBuf, FaceBox, Option<Capture>)> =
+        Vec::with_capacity(MAX_FACES_PER_PASS);
     let mut batch = FaceBatch::with_capacity(MAX_FACES_PER_PASS.min(images.len()));
-    let mut boxes = Vec::with_capacity(MAX_FACES_PER_PASS);
-    for (start, chunk) in (0..)
-        .step_by(MAX_FACES_PER_PASS)
-        .zip(images.chunks(MAX_FACES_PER_PASS))
-    {
-        batch.clear();
-        boxes.clear();
-        for (i, path) in (start..).zip(chunk) {
-            let region = region_of(i)?;
-            let cut = |source| EmbedError::Image {
-                path: path.clone(),
-                source,
-            };
-            let image = read_image(path, limits)?;
-            let face_box = region.face_box(&image).map_err(cut)?;
-            batch.push_face(&image, face_box).map_err(cut)?;
-            boxes.push(face_box);
+    let mut described = 0;
+    let mut flush = |batch: &mut FaceBatch,
+                     pending: &mut Vec<(PathBuf, FaceBox, Option<Capture>)>|
+     -> Result<(), EmbedError> {
+        if batch.is_empty() {
+            return Ok(());
         }
-        let descriptors = network.describe(&batch)?;
-        for ((path, face_box), descriptor) in chunk.iter().zip(&boxes).zip(descriptors) {
+        let descriptors = network.describe(batch)?;
+        for ((image, face_box, capture), descriptor) in pending.drain(..).zip(descriptors) {
             emit(Embedding {
-                image: path.clone(),
-                face_box: *face_box,
+                image,
+                face_box,
                 backend: Backend::of(network),
                 descriptor,
+                capture,
             })
             .map_err(|source| EmbedError::Write { source })?;
+            described += 1;
+        }
+        batch.clear();
+        Ok(())
+    };
+    for (i, path) in images.iter().enumerate() {
+        let region = region_of(i)?;
+        let cut = |source| EmbedError::Image {
+            path: path.clone(),
+            source,
+        };
+        let image = read_image(path, limits)?;
+        let faces: Vec<(FaceBox, Option<Capture>)> = match (region, finding) {
+            (FaceRegion::Find, Some(finding)) => {
+                let found = finding
+                    .finder
+                    .find(&image)
+                    .map_err(|e| EmbedError::Capture {
+                        path: path.clone(),
+                        source: Box::new(e),
+                    })?;
+                if found.is_empty() {
+                    no_face(path);
+                }
+                let count = found.len();
+                let mut faces = Vec::with_capacity(count);
+                for face in found {
+                    let capture =
+                        examine_found(&image, face, count, finding.policy).map_err(|e| {
+                            EmbedError::Capture {
+                                path: path.clone(),
+                                source: Box::new(e),
+                            }
+                        })?;
+                    let face_box = capture
+                        .face_box
+                        .ok_or_else(|| cut(ImageError::Empty))?
+                        .clipped(image.width(), image.height())
+                        .map_err(cut)?;
+                    faces.push((face_box, Some(capture)));
+                }
+                faces
+            }
+            _ => vec![(region.face_box(&image).map_err(cut)?, None)],
+        };
+        for (face_box, capture) in faces {
+            batch.push_face(&image, face_box).map_err(cut)?;
+            pending.push((path.clone(), face_box, capture));
+            if batch.len() == MAX_FACES_PER_PASS {
+                flush(&mut batch, &mut pending)?;
+            }
         }
     }
-    Ok(images.len())
+    flush(&mut batch, &mut pending)?;
+    drop(flush);
+    Ok(described)
 }
 
 /// Reads and decodes the image at `path`, refusing a file over the size limit before reading

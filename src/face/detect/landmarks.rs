@@ -54,6 +54,11 @@ impl std::fmt::Debug for FaceLandmarks {
 }
 
 impl FaceLandmarks {
+    /// Landmarks found elsewhere: `points` in image pixels, found in the image region `crop`.
+    pub fn new(points: Vec<Point>, crop: FaceBox) -> Self {
+        Self { points, crop }
+    }
+
     /// The 68 points in image pixels, in the iBUG 300-W order (jaw 0–16, brows 17–26, nose
     /// 27–35, eyes 36–47, mouth 48–67).
     pub fn points(&self) -> &[Point] {

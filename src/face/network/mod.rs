@@ -155,6 +155,14 @@ pub enum EmbedError {
         /// Why it was refused.
         source: ImageError,
     },
+    /// The faces of an image could not be found.
+    #[error("{path}: {source}")]
+    Capture {
+        /// The image file.
+        path: PathBuf,
+        /// Why (sizes and counts only).
+        source: Box<crate::face::capture::CaptureError>,
+    },
     /// A landmarks file is not of the accepted form.
     #[error("{path}: {reason}")]
     Landmarks {
