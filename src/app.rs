@@ -465,9 +465,22 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
     let mixed = simulate::run(traffic).await?;
     println!("{mixed}");
     if let Some((model, photos)) = &options.faces {
+        // Whole frames when the model file has the detector; the recorded landmarks with each
+        // photo when it has not.
+        let landmarks = crate::face::detect::load_detection(model)?.is_none();
         println!(
-            "phase 3: a gate sends face photos; the appliance runs them through the face network \
-             ({})",
+            "phase 3: a gate sends face photos {}; the appliance {}runs them through the face \
+             network ({})",
+            if landmarks {
+                "with their landmarks"
+            } else {
+                "as the camera took them"
+            },
+            if landmarks {
+                ""
+            } else {
+                "finds and judges each face, then "
+            },
             model.display()
         );
         let stem = certs.join("gates").join(pki::gate_name(1));
@@ -479,7 +492,7 @@ pub async fn demo(options: DemoOptions) -> Result<(Report, Report), CommandError
             &stem.with_extension("key"),
         )
         .await?;
-        crate::gate::photos::run(&gate, photos).await?;
+        crate::gate::photos::run(&gate, photos, landmarks).await?;
         gate.close().await;
         println!();
     }

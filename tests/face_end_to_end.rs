@@ -401,3 +401,93 @@ async fn a_covered_face_is_refused_with_what_to_fix_and_a_clean_one_carries_its_
     gate.close().await;
     running.stop().await;
 }
+
+/// A camera frame as it is: no landmarks, no crop.
+fn frame(bytes: Vec<u8>) -> proto::FaceImage {
+    proto::FaceImage {
+        image: bytes,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_frames_are_found_by_the_appliance_and_judged() {
+    let models = face_support::temp_dir();
+    let site = Site::new(1);
+    let mut config = site.config();
+    config.engine.backend = BackendChoice::Cpu;
+    let mut face = FaceConfig::with_model(&face_support::model_file_with_detection(models.path()));
+    face.backend = BackendChoice::Cpu;
+    face.threads = 2;
+    config.face = Some(face);
+    let running = site.start(&config);
+    let gate = site.gate(1, running.addr).await;
+
+    // The photo as the camera took it: the appliance finds the face, and the descriptor is the
+    // reference pipeline's (detector, landmarks and descriptor all from face-api).
+    let response = gate
+        .call(&enrol_faces("obama", vec![frame(image("obama2.jpg"))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.outcome(),
+        proto::Outcome::Ok,
+        "{}",
+        response.detail
+    );
+    let capture = &response.captures[0];
+    assert_eq!(capture.faces_found, 1);
+    assert!(capture.detection.is_some() && capture.detection_score > 0.9);
+    assert!(capture.issues.is_empty() && capture.checks.len() == 10);
+    let v = verify_result(
+        gate.call(&verify_face("obama", landmarked(OBAMA)))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        v.score < 1e-4,
+        "found and given landmarks agree: {}",
+        v.score
+    );
+
+    // Another photo of the same person matches the enrolled frame, and Biden's does not.
+    let v = verify_result(
+        gate.call(&verify_face(
+            "obama",
+            frame(image("obama_partial_face.jpg")),
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(v.decision(), proto::Decision::Match, "{}", v.score);
+    let v = verify_result(
+        gate.call(&verify_face("obama", frame(image("biden.jpg"))))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(v.decision(), proto::Decision::NoMatch, "{}", v.score);
+
+    // No face, several faces: refused with what to fix.
+    let grey = gate
+        .call(&enrol_faces("nobody", vec![frame(image("grey.png"))]))
+        .await
+        .unwrap();
+    assert_eq!(refusal(&grey), Reason::PoorCapture);
+    assert_eq!(
+        grey.captures[0].issues().collect::<Vec<_>>(),
+        [proto::CaptureIssue::NoFace]
+    );
+    let group = std::fs::read(face_support::models_dir().join("demo/sample1.jpg")).unwrap();
+    let several = gate
+        .call(&verify_face("obama", frame(group)))
+        .await
+        .unwrap();
+    assert_eq!(refusal(&several), Reason::PoorCapture);
+    assert_eq!(several.captures[0].faces_found, 3);
+    assert_eq!(
+        several.captures[0].issues().collect::<Vec<_>>(),
+        [proto::CaptureIssue::SeveralFaces]
+    );
+    gate.close().await;
+    running.stop().await;
+}

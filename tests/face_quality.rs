@@ -94,7 +94,7 @@ fn occluded_captures_are_caught_and_clean_ones_pass() {
             values[0],
             values[values.len() / 2]
         );
-        // The rates measured when the thresholds were set (54, 51 and 54 of 60), less a
+        // The rates measured when the thresholds were set (54, 54 and 54 of 60), less a
         // small margin so that a change to the generator's colours does not flip the test.
         let least = match occluder {
             Occluder::Mask => 50,
@@ -238,7 +238,7 @@ fn through_the_detector_occluded_faces_are_refused_and_clean_ones_rarely() {
         // Bounds at the rates measured when this test was written, less a margin (see the
         // closing notes for the figures): a passed occluded capture is the failure that
         // matters at a gate.
-        // Measured: 1, 3 and 2 of 50 passed.
+        // Measured: 1, 2 and 2 of 50 passed.
         let most_missed = match occluder {
             Occluder::Mask => 3,
             Occluder::Brim => 6,

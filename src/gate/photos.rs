@@ -2,9 +2,10 @@
 //! prints what the appliance answered.
 //!
 //! The photos are the face fixtures the tests use (`tests/fixtures/face/`): two people, one of
-//! them in a second photo and in a JPEG 2000 "chip photo" cut from the first. Their 68
-//! landmarks come from the reference run recorded beside them (`reference.json`), standing in
-//! for the gate's own landmark detector.
+//! them in a second photo and in a JPEG 2000 "chip photo" cut from the first. They go as the
+//! camera took them: the appliance finds the face itself. One capture then has a mask drawn
+//! over the face (with the landmarks the reference recorded beside the photos,
+//! `reference.json`), to show the refusal a gate turns into "take off your mask".
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -147,6 +148,67 @@ fn request(operation: Operation) -> proto::Request {
     }
 }
 
+/// Photo `name` as the camera took it: no landmarks, no crop.
+fn frame(photos: &Photos, name: &str) -> Result<proto::FaceImage, PhotoError> {
+    Ok(proto::FaceImage {
+        image: photos.bytes(name)?,
+        ..Default::default()
+    })
+}
+
+/// `face` (a photo with its landmarks) with a mask drawn over mouth and chin, re-encoded as
+/// JPEG and sent as a camera frame.
+fn masked(face: proto::FaceImage) -> Result<proto::FaceImage, PhotoError> {
+    use rand::SeedableRng;
+
+    use crate::face::preprocess::{DecodeLimits, Point, decode_image};
+    use crate::face::quality::occluder::{self, Occluder};
+
+    let broken = |reason: String| PhotoError::Fixture {
+        path: PathBuf::from("obama2.jpg"),
+        reason,
+    };
+    let image =
+        decode_image(&face.image, &DecodeLimits::default()).map_err(|e| broken(e.to_string()))?;
+    let points: Vec<Point> = face
+        .landmarks
+        .chunks_exact(2)
+        .map(|p| Point { x: p[0], y: p[1] })
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let covered = occluder::draw(&image, &points, Occluder::Mask, &mut rng)
+        .ok_or_else(|| broken("no face to cover".into()))?;
+    let buffer = image::RgbImage::from_raw(
+        covered.width(),
+        covered.height(),
+        covered.as_bytes().to_vec(),
+    )
+    .ok_or_else(|| broken("covered image has the wrong size".into()))?;
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&buffer)
+        .map_err(|e| broken(e.to_string()))?;
+    Ok(proto::FaceImage {
+        image: jpeg,
+        ..Default::default()
+    })
+}
+
+/// What the traveller is told for each issue of a refused capture.
+fn advice(response: &proto::Response) -> String {
+    let issues: Vec<&str> = response
+        .captures
+        .iter()
+        .flat_map(|c| c.issues())
+        .map(|issue| issue.as_str_name())
+        .collect();
+    if issues.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", issues.join(", "))
+    }
+}
+
 /// What the appliance said, in a line.
 fn describe(response: &proto::Response) -> String {
     let measure = |m: i32, threshold: f32| match proto::Measure::try_from(m) {
@@ -177,21 +239,40 @@ fn describe(response: &proto::Response) -> String {
                 .collect();
             format!("{} ({})", found.join(", "), measure(i.measure, i.threshold))
         }
-        _ => format!("refused: {:?}, {}", response.reason(), response.detail),
+        _ => format!(
+            "refused: {:?}, {}{}",
+            response.reason(),
+            response.detail,
+            advice(response)
+        ),
     }
 }
 
-/// Enrols two travellers from their photos, verifies a second photo against each claim, and
-/// identifies a JPEG 2000 chip photo; prints each answer with its latency.
-pub async fn run(gate: &GateClient, dir: &Path) -> Result<(), PhotoError> {
+/// Enrols two travellers from their photos, verifies a second photo against each claim,
+/// identifies a JPEG 2000 chip photo, and has a masked capture refused; prints each answer
+/// with its latency. With `landmarks`, the gate sends the recorded landmarks with each photo
+/// (for an appliance whose model file has no detector); without, whole frames.
+pub async fn run(gate: &GateClient, dir: &Path, landmarks: bool) -> Result<(), PhotoError> {
     let photos = Photos::open(dir)?;
     let none = [0.0, 0.0];
+    let photo = |name: &str| {
+        if landmarks {
+            photos.face(name, name, none)
+        } else {
+            frame(&photos, name)
+        }
+    };
+    let chip = if landmarks {
+        photos.face("obama2_chip.jp2", "obama2.jpg", photos.chip_origin)?
+    } else {
+        frame(&photos, "obama2_chip.jp2")?
+    };
     let steps = [
         (
             "enrol D<<OBAMA from obama2.jpg (JPEG)",
             Operation::Enrol(proto::EnrolRequest {
                 person_id: "D<<OBAMA".into(),
-                faces: vec![photos.face("obama2.jpg", "obama2.jpg", none)?],
+                faces: vec![photo("obama2.jpg")?],
                 ..Default::default()
             }),
         ),
@@ -199,7 +280,7 @@ pub async fn run(gate: &GateClient, dir: &Path) -> Result<(), PhotoError> {
             "enrol D<<BIDEN from biden.jpg (JPEG)",
             Operation::Enrol(proto::EnrolRequest {
                 person_id: "D<<BIDEN".into(),
-                faces: vec![photos.face("biden.jpg", "biden.jpg", none)?],
+                faces: vec![photo("biden.jpg")?],
                 ..Default::default()
             }),
         ),
@@ -207,11 +288,7 @@ pub async fn run(gate: &GateClient, dir: &Path) -> Result<(), PhotoError> {
             "verify obama_partial_face.jpg claiming D<<OBAMA",
             Operation::Verify(proto::VerifyRequest {
                 person_id: "D<<OBAMA".into(),
-                face: Some(photos.face(
-                    "obama_partial_face.jpg",
-                    "obama_partial_face.jpg",
-                    none,
-                )?),
+                face: Some(photo("obama_partial_face.jpg")?),
                 ..Default::default()
             }),
         ),
@@ -219,19 +296,23 @@ pub async fn run(gate: &GateClient, dir: &Path) -> Result<(), PhotoError> {
             "verify obama_partial_face.jpg claiming D<<BIDEN",
             Operation::Verify(proto::VerifyRequest {
                 person_id: "D<<BIDEN".into(),
-                face: Some(photos.face(
-                    "obama_partial_face.jpg",
-                    "obama_partial_face.jpg",
-                    none,
-                )?),
+                face: Some(photo("obama_partial_face.jpg")?),
                 ..Default::default()
             }),
         ),
         (
             "identify obama2_chip.jp2 (JPEG 2000 chip photo, 20 KB)",
             Operation::Identify(proto::IdentifyRequest {
-                face: Some(photos.face("obama2_chip.jp2", "obama2.jpg", photos.chip_origin)?),
+                face: Some(chip),
                 k: 2,
+                ..Default::default()
+            }),
+        ),
+        (
+            "verify obama2.jpg with a mask drawn on, claiming D<<OBAMA",
+            Operation::Verify(proto::VerifyRequest {
+                person_id: "D<<OBAMA".into(),
+                face: Some(masked(photos.face("obama2.jpg", "obama2.jpg", none)?)?),
                 ..Default::default()
             }),
         ),

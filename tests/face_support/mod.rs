@@ -153,3 +153,11 @@ pub fn model() -> &'static FaceModel {
         gatematch::face::model::file::load_model(&model_file(dir.path())).expect("load")
     })
 }
+
+/// As [`model_file`], with the face detector and the landmark network in the file too, as
+/// `gatematch model import` writes it.
+pub fn model_file_with_detection(dir: &Path) -> PathBuf {
+    let path = dir.join("face-detect.h5");
+    gatematch::face::detect::import_tfjs_with_detection(&models_dir(), &path).expect("import");
+    path
+}

@@ -301,7 +301,9 @@ pub fn measure(image: &RgbImage, landmarks: &[Point]) -> Option<Measures> {
     let luma = Luma::new(image);
     use SkinPatch::{Forehead, LeftCheek, Ridge, RightCheek};
     let upper_skin = face.skin_reference(&luma, &[Forehead, Ridge]);
-    let lower_skin = face.skin_reference(&luma, &[Ridge, LeftCheek, RightCheek]);
+    // The nose ridge anchors the forehead's reference: two masked cheeks agree with each other
+    // better than either does with skin, and would make the mask the "skin".
+    let lower_skin = face.skin_reference_anchored(&luma, Ridge, &[LeftCheek, RightCheek]);
     let any_skin = face.skin_reference(&luma, &[Forehead, LeftCheek, RightCheek]);
     let (yaw_deg, pitch_deg) = face.pose();
     let roll_deg = face.across.1.atan2(face.across.0).to_degrees();
@@ -697,6 +699,34 @@ impl<'a> Face<'a> {
             }
         }
         best.1
+    }
+
+    /// The skin's colour as seen from `anchor` and whichever of `others` agrees with it best;
+    /// `anchor` alone when none is close (they are covered).
+    fn skin_reference_anchored(
+        &self,
+        luma: &Luma<'_>,
+        anchor: SkinPatch,
+        others: &[SkinPatch],
+    ) -> Ycc {
+        let (a, na) = luma.mean(&self.skin_patch(anchor));
+        let mut best = (f64::MAX, a);
+        for &other in others {
+            let (b, nb) = luma.mean(&self.skin_patch(other));
+            let gap = (a.cb - b.cb).hypot(a.cr - b.cr) + 0.1 * (a.y - b.y).abs();
+            if nb > 0 && na > 0 && gap < best.0 {
+                best = (
+                    gap,
+                    Ycc {
+                        y: (a.y + b.y) / 2.0,
+                        cb: (a.cb + b.cb) / 2.0,
+                        cr: (a.cr + b.cr) / 2.0,
+                    },
+                );
+            }
+        }
+        // Farther apart than the skin test's own chroma tolerance: not the same surface.
+        if best.0 > 14.0 { a } else { best.1 }
     }
 
     fn skin_patch(&self, patch: SkinPatch) -> Polygon {
