@@ -1,7 +1,7 @@
 //! The `gatematch` command line: parses arguments and calls the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -163,6 +163,24 @@ enum Command {
 enum BenchCommand {
     /// Face descriptors per second of the face network, on synthetic input.
     Embed(BenchEmbedArgs),
+    /// Milliseconds per frame of the face detector and the landmark network, on a real photo.
+    Detect {
+        /// The frame to find faces in.
+        #[arg(long, default_value = "tests/fixtures/face/obama2.jpg")]
+        image: PathBuf,
+        /// Timed seconds, split into --runs runs; the median run is printed.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Timed runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// The model file made by `gatematch model import`.
+        #[arg(long, default_value = "models/face.h5")]
+        model: PathBuf,
+    },
     /// 1:N scoring of a batch of probes against a random gallery.
     Score {
         /// Gallery templates.
@@ -440,6 +458,36 @@ fn embed_command(args: EmbedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `gatematch bench detect`: one line.
+fn bench_detect(
+    image: &Path,
+    seconds: f64,
+    runs: usize,
+    threads: usize,
+    model: &Path,
+) -> anyhow::Result<()> {
+    use gatematch::face::{bench, capture, detect, embed, preprocess};
+
+    if runs == 0 || !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--runs and --seconds must be positive");
+    }
+    let Some(weights) = detect::load_detection(model)? else {
+        bail!(
+            "{} has no face detector; make it with `gatematch model import`",
+            model.display()
+        );
+    };
+    let threads = embed::resolve_threads(threads);
+    let finder = capture::PooledFinder::new(detect::FaceFinder::new(&weights)?, threads)?;
+    let frame = embed::read_image(image, &preprocess::DecodeLimits::default())?;
+    let run_length = Duration::from_secs_f64(seconds / runs as f64);
+    println!(
+        "{}",
+        bench::measure_find(&finder, "cpu", threads, &frame, runs, run_length)?
+    );
+    Ok(())
+}
+
 /// `gatematch bench embed`: one line per batch size.
 fn bench_embed(args: BenchEmbedArgs) -> anyhow::Result<()> {
     use gatematch::face::{bench, embed};
@@ -471,6 +519,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Embed(args),
         } => tokio::task::spawn_blocking(move || bench_embed(args)).await??,
+        Command::Bench {
+            what:
+                BenchCommand::Detect {
+                    image,
+                    seconds,
+                    runs,
+                    threads,
+                    model,
+                },
+        } => {
+            tokio::task::spawn_blocking(move || {
+                bench_detect(&image, seconds, runs, threads, &model)
+            })
+            .await??
+        }
         Command::Serve {
             config,
             listen,

@@ -191,6 +191,32 @@ fn embed_without_a_region_finds_each_face_and_reports_its_landmarks_and_quality(
 }
 
 #[test]
+fn bench_detect_prints_one_line_with_the_faces_found() {
+    let dir = temp_dir();
+    let model = import(dir.path());
+    let image = image_paths().remove(0);
+    let text = stdout(&gatematch(&[
+        "bench",
+        "detect",
+        "--model",
+        &model,
+        "--image",
+        &image,
+        "--seconds",
+        "0.2",
+        "--runs",
+        "1",
+        "--threads",
+        "1",
+    ]));
+    let line = text.trim();
+    assert!(
+        line.starts_with("detect backend=cpu threads=1 image=626x1200 faces=1 ms_per_frame="),
+        "{line}"
+    );
+}
+
+#[test]
 fn embed_whole_describes_the_whole_image() {
     let dir = temp_dir();
     let model = import(dir.path());

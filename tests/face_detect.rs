@@ -299,47 +299,6 @@ fn damaged_detection_weights_in_the_model_file_are_refused() {
     assert!(file::load_model(&path).is_ok());
 }
 
-/// Time per frame of each stage (not a timed assertion): `cargo test --release --test
-/// face_detect -- --ignored --nocapture`.
-#[test]
-#[ignore = "measurement, not a check; run by hand with --nocapture"]
-fn time_per_frame() {
-    let rgb = decoded("obama2.jpg");
-    let detections = finder().detector().detect(&rgb).unwrap();
-    let runs = 10;
-    let start = Instant::now();
-    for _ in 0..runs {
-        std::hint::black_box(finder().detector().detect(&rgb).unwrap());
-    }
-    let detect_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(runs);
-    let start = Instant::now();
-    for _ in 0..runs {
-        std::hint::black_box(
-            finder()
-                .landmark_net()
-                .landmarks_batch(&rgb, &detections)
-                .unwrap(),
-        );
-    }
-    let landmarks_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(runs);
-    let eight = vec![detections[0]; 8];
-    let start = Instant::now();
-    for _ in 0..runs {
-        std::hint::black_box(
-            finder()
-                .landmark_net()
-                .landmarks_batch(&rgb, &eight)
-                .unwrap(),
-        );
-    }
-    let eight_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(runs);
-    println!(
-        "{} threads: detect {detect_ms:.1} ms/frame, landmarks {landmarks_ms:.1} ms/face, \
-         8 faces in one pass {eight_ms:.1} ms",
-        rayon::current_num_threads()
-    );
-}
-
 /// The tiny landmark net against the full one on the default detector's boxes: how far its
 /// landmarks and the descriptors computed from them fall from the reference's, and its speed.
 /// A comparison for choosing, not a check: `cargo test --release --test face_detect --

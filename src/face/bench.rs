@@ -1,6 +1,8 @@
 //! Throughput of the descriptor network, `gatematch bench embed`: faces per second at a given
 //! batch size on the CPU (at a thread count) or the GPU, on a fixed synthetic input (speed
-//! does not depend on pixel values).
+//! does not depend on pixel values). And the time to find the faces of a real frame,
+//! `gatematch bench detect` (the detector's work does depend on the image: the faces found go
+//! through the landmark network).
 //!
 //! The procedure is the ONNX Runtime peer's (`ort_peer.py`): warm up, time several runs, report
 //! the median run's rate, so that the two figures compare.
@@ -106,6 +108,82 @@ pub fn measure(
         batch,
         threads,
         faces_per_second: rates[rates.len() / 2],
+        runs,
+        run_length: min_run,
+    })
+}
+
+/// One measurement of face finding; `Display` gives `gatematch bench detect`'s line,
+/// `detect backend=… threads=… image=WxH faces=… ms_per_frame=… runs=… run_s=…`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FindTime {
+    /// Where the networks ran.
+    pub backend: &'static str,
+    /// Worker threads.
+    pub threads: usize,
+    /// The frame's width and height.
+    pub image: (u32, u32),
+    /// Faces found in it (each also went through the landmark network).
+    pub faces: usize,
+    /// Median over the timed runs: detection plus landmarks, milliseconds per frame.
+    pub ms_per_frame: f64,
+    /// Timed runs.
+    pub runs: usize,
+    /// Least length of each timed run.
+    pub run_length: Duration,
+}
+
+impl fmt::Display for FindTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "detect backend={} threads={} image={}x{} faces={} ms_per_frame={:.2} runs={} \
+             run_s={:.2}",
+            self.backend,
+            self.threads,
+            self.image.0,
+            self.image.1,
+            self.faces,
+            self.ms_per_frame,
+            self.runs,
+            self.run_length.as_secs_f64()
+        )
+    }
+}
+
+/// Times `finder` (detector and landmark network) on `image` as [`measure`] times the
+/// descriptor network: a warm-up, then `runs` runs of at least `min_run`, the median reported.
+pub fn measure_find(
+    finder: &dyn crate::face::capture::FindFaces,
+    backend: &'static str,
+    threads: usize,
+    image: &crate::face::preprocess::RgbImage,
+    runs: usize,
+    min_run: Duration,
+) -> Result<FindTime, crate::face::capture::CaptureError> {
+    let faces = finder.find(image)?.len();
+    let warm_until = Instant::now() + min_run / 2;
+    while Instant::now() < warm_until {
+        std::hint::black_box(finder.find(image)?);
+    }
+    let runs = runs.max(1);
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut calls = 0u32;
+        while calls == 0 || start.elapsed() < min_run {
+            std::hint::black_box(finder.find(image)?);
+            calls += 1;
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e3 / f64::from(calls));
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(FindTime {
+        backend,
+        threads,
+        image: (image.width(), image.height()),
+        faces,
+        ms_per_frame: times[times.len() / 2],
         runs,
         run_length: min_run,
     })

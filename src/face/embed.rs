@@ -465,7 +465,6 @@ where
         }
     }
     flush(&mut batch, &mut pending)?;
-    drop(flush);
     Ok(described)
 }
 
