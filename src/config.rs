@@ -553,6 +553,8 @@ mod tests {
         assert_eq!(face.threshold, 0.6);
         assert_eq!(face.max_batch, default_face_max_batch());
         assert_eq!(face.max_image_bytes, default_max_image_bytes());
+        // The example writes out every quality threshold at its default.
+        assert_eq!(face.quality, QualityPolicy::default());
         let specs = config.model_specs();
         assert_eq!(specs.len(), 2);
         assert_eq!(
