@@ -1,20 +1,21 @@
-//! Fast convolution: im2col + single-precision matrix product, tiled across a thread pool, with
-//! bias, shortcut and ReLU applied to each output tile while it is still in cache.
+//! Fast convolution on the CPU: filters folded with their bias and batch-norm scale and packed
+//! into panels once, at load; each layer then runs as register-tiled products
+//! ([`kernel`](super::kernel)) over a thread pool, with bias, shortcut and ReLU applied to each
+//! output tile while it is still in cache.
 //!
-//! The convolution is `Y[M, C_out] = X_cols[M, K] · W[K, C_out]` with `M = n × h_out × w_out`
-//! output pixels and `K = k × k × C_in`. NHWC activations and `[k, k, C_in, C_out]` filters
-//! make `W` the filter tensor as stored, and each row of `X_cols` a run of `k` copies of
-//! `k × C_in` contiguous input values, so im2col is a handful of `memcpy`s per row.
+//! Two algorithms, chosen per layer:
 //!
-//! Why this and not something else, measured on the 2-core AMD EPYC (Zen 3, AVX2 + FMA) it was
-//! written on (details in NOTES.md):
-//! - im2col + `matrixmultiply` 0.3 ran the whole network about 3.8× faster than the direct
-//!   loops of [`super::reference`] (one thread, batch 4: 100 against 27 faces/s);
-//! - on this network's eight product shapes, one thread, `gemm` 0.18 beat `matrixmultiply`
-//!   0.3 on every one, by 20–60% (e.g. 42 against 27 GFLOP/s at M 19,600, K 288, N 32; 64
-//!   against 53 at M 256, K 2304, N 256), so the product is `gemm`'s. Computing the transpose
-//!   instead (channels as `gemm`'s M, to fill its 16-wide microkernel) measured slower. The
-//!   crate is now at 0.19 (the version the rest of the lockfile carries); not re-measured.
+//! - 3 × 3, stride 1, SAME (every residual convolution, four fifths of the network's
+//!   multiply-adds): Winograd's F(2 × 2, 3 × 3) ([`super::winograd`]), which computes each 2 × 2
+//!   output patch with 16 multiply-adds per channel pair where the direct form needs 36.
+//! - Everything else (the 7 × 7 stem, the stride-2 down convolutions): im2col into a per-worker
+//!   buffer, then the same products. NHWC activations and `[k, k, C_in, C_out]` filters make
+//!   each im2col row `k` runs of `k × C_in` contiguous input values: a handful of `memcpy`s.
+//!
+//! History, measured on the 2-core AMD EPYC (Zen 3, AVX2 + FMA) this was written on
+//! (BENCHMARKS.md): im2col + the `gemm` crate reached 155 faces/s at batch 16 and 87 at batch
+//! 1, about 0.6 of ONNX Runtime; most of the gap was the crate packing both operands on every
+//! call, which packing the filters once removes.
 
 use std::cell::RefCell;
 
@@ -22,14 +23,18 @@ use rayon::prelude::*;
 
 use crate::face::model::{ConvSpec, FaceModel};
 
+use super::kernel::{MR, NR, PackedPanels, product};
 use super::tensor::FeatureMap;
+use super::winograd::Winograd;
 
-/// Output rows per tile: enough that repacking the filters for each tile costs little, few
-/// enough that a batch-1 layer still splits across threads.
-const TARGET_TILE_ROWS: usize = 256;
+/// Bytes of im2col rows a task builds at most, so that they stay in the core's L2 while every
+/// filter panel passes over them.
+const TILE_COLUMN_BYTES: usize = 96 * 1024;
+/// Output rows per task at most, so that the early, large layers spread over all threads.
+const MAX_TILE_ROWS: usize = 240;
 
 thread_local! {
-    /// Per-worker im2col buffer, reused across tiles and layers.
+    /// Per-worker im2col buffer, reused across tasks and layers.
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -41,7 +46,16 @@ pub(crate) struct FoldedConv {
     /// `[K, C_out]`, row-major.
     weights: Vec<f32>,
     bias: Vec<f32>,
+    /// `W'` packed for the im2col products.
+    panels: PackedPanels,
+    /// `W'` transformed for Winograd, where the layer's shape allows it.
+    winograd: Option<Winograd>,
 }
+
+/// Output pixels a pass needs before a Winograd layer runs as such: Winograd reads 16/9 as many
+/// filter values as the direct form, and on the small maps of the deep layers at small batches
+/// (3 × 3 pixels a face) reading the filters, not the arithmetic, is what takes the time.
+const WINOGRAD_MIN_PIXELS: usize = 32;
 
 /// What to do to each output value after the matrix product.
 #[derive(Clone, Copy)]
@@ -51,13 +65,78 @@ pub(crate) struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// The output pointer shared by tiles. Tiles write disjoint `[rows, cols]` rectangles.
+impl Epilogue<'_> {
+    /// Finishes `values`, the outputs of channels `cols.start..` at output pixel `pixel`:
+    /// adds `bias` and the shortcut, applies the ReLU, and stores them at `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `values.len()` writes that no other thread touches meanwhile.
+    #[inline(always)]
+    pub(crate) unsafe fn store(
+        &self,
+        values: &[f32],
+        bias: &[f32],
+        shortcut_at: usize,
+        dst: *mut f32,
+    ) {
+        // SAFETY: per the function's contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst, values.len()) };
+        for ((d, &v), &b) in dst.iter_mut().zip(values).zip(bias) {
+            *d = v + b;
+        }
+        if let Some(shortcut) = self.shortcut {
+            for (d, &s) in dst.iter_mut().zip(&shortcut.data[shortcut_at..]) {
+                *d += s;
+            }
+        }
+        if self.relu {
+            for d in dst.iter_mut() {
+                *d = d.max(0.0);
+            }
+        }
+    }
+}
+
+/// The output pointer shared by tasks. Tasks write disjoint `[pixels, channels]` rectangles.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only its own rectangle of the output (see `FoldedConv::forward`),
-// and the buffer outlives the parallel section, which joins before returning.
+pub(crate) struct OutPtr(pub *mut f32);
+// SAFETY: every task writes only its own rectangle of the output (see `FoldedConv::forward`
+// and `Winograd::forward`), and the buffer outlives the parallel section, which joins before
+// returning.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The output value at `offset`. A method rather than a field access so that closures
+    /// capture the whole (`Send`) wrapper, not the bare pointer inside it.
+    #[inline]
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Splits `units` units of work (rows or tiles, `MR` to a block) into tasks for `threads`
+/// threads of at most `max_units` each: returns (units per task, task count, column groups).
+/// When there are fewer tasks than threads, the `panels` output panels are split as well.
+pub(crate) fn split_work(
+    units: usize,
+    max_units: usize,
+    threads: usize,
+    panels: usize,
+) -> (usize, usize, usize) {
+    let max_units = (max_units / MR * MR).max(MR);
+    let blocks = units.div_ceil(MR).max(1);
+    let tasks = units.div_ceil(max_units).div_ceil(threads) * threads;
+    let tasks = tasks.clamp(1, blocks);
+    let per_task = units.div_ceil(tasks).div_ceil(MR) * MR;
+    let tasks = units.div_ceil(per_task).max(1);
+    let col_groups = if tasks < 2 * threads {
+        (2 * threads).div_ceil(tasks).min(panels).max(1)
+    } else {
+        1
+    };
+    (per_task, tasks, col_groups)
+}
 
 impl FoldedConv {
     pub fn new(model: &FaceModel, spec: ConvSpec) -> Self {
@@ -68,7 +147,7 @@ impl FoldedConv {
         };
         let (filters, bias) = (param("conv/filters"), param("conv/bias"));
         let (scale, shift) = (param("scale/weights"), param("scale/biases"));
-        let weights = filters
+        let weights: Vec<f32> = filters
             .chunks_exact(spec.c_out)
             .flat_map(|row| row.iter().zip(scale).map(|(w, s)| w * s))
             .collect();
@@ -78,7 +157,12 @@ impl FoldedConv {
             .zip(shift)
             .map(|((b, s), t)| b * s + t)
             .collect();
+        let k_len = spec.kernel * spec.kernel * spec.c_in;
+        let winograd =
+            Winograd::fits(&spec).then(|| Winograd::new(&weights, spec.c_in, spec.c_out));
         Self {
+            panels: PackedPanels::new(&weights, k_len, spec.c_out),
+            winograd,
             spec,
             weights,
             bias,
@@ -91,53 +175,74 @@ impl FoldedConv {
         (&self.weights, &self.bias)
     }
 
-    fn k_len(&self) -> usize {
-        self.spec.kernel * self.spec.kernel * self.spec.c_in
-    }
-
-    /// Runs the convolution on `x` in `pool`'s threads, then the epilogue.
+    /// Runs the convolution on `x` in the current pool's threads (`threads` of them), then the
+    /// epilogue.
     pub fn forward(&self, x: &FeatureMap, epilogue: Epilogue<'_>, threads: usize) -> FeatureMap {
         let (ho, wo) = (self.spec.output_size(x.h), self.spec.output_size(x.w));
-        let c_out = self.spec.c_out;
-        let mut y = FeatureMap::zeros(x.n, ho, wo, c_out);
-        let m = x.n * ho * wo;
-
-        // Row tiles, as many as keeps each near TARGET_TILE_ROWS, rounded up to a multiple of
-        // the thread count so that no thread idles at the end of a layer. When there are too
-        // few rows for that (deep layers at small batch), split the output channels instead,
-        // so that each thread packs only its share of the filters.
-        let row_tiles = m.div_ceil(TARGET_TILE_ROWS).div_ceil(threads) * threads;
-        let row_tiles = row_tiles.min(m.div_ceil(8)).max(1);
-        let col_tiles = if row_tiles < threads {
-            threads.min(c_out / 16).max(1)
-        } else {
-            1
-        };
-        let rows_per_tile = m.div_ceil(row_tiles);
-        let cols_per_tile = c_out.div_ceil(col_tiles);
-
-        let out = OutPtr(y.data.as_mut_ptr());
-        (0..row_tiles * col_tiles).into_par_iter().for_each(|tile| {
-            let rows =
-                (tile / col_tiles) * rows_per_tile..((tile / col_tiles + 1) * rows_per_tile).min(m);
-            let cols = (tile % col_tiles) * cols_per_tile
-                ..((tile % col_tiles + 1) * cols_per_tile).min(c_out);
-            if rows.is_empty() || cols.is_empty() {
-                return;
+        let mut y = FeatureMap::zeros(x.n, ho, wo, self.spec.c_out);
+        match &self.winograd {
+            Some(winograd) if y.n * y.h * y.w >= WINOGRAD_MIN_PIXELS => {
+                winograd.forward(x, &mut y, &self.bias, epilogue, threads)
             }
-            COLUMNS.with_borrow_mut(|columns| {
-                self.im2col(x, ho, wo, rows.clone(), columns);
-                // SAFETY: `rows` × `cols` lies inside the `m` × `c_out` output, and no other tile
-                // has an overlapping rectangle.
-                unsafe { self.tile_product(columns, rows.clone(), cols.clone(), out) };
-            });
-            // SAFETY: as above; the product for this rectangle has completed.
-            unsafe { self.tile_epilogue(rows, cols, out, epilogue) };
-        });
+            _ => self.forward_direct(x, &mut y, epilogue, threads),
+        }
         y
     }
 
-    /// Writes the im2col rows `rows` of `x` into `columns` (`rows.len() × K`).
+    fn forward_direct(
+        &self,
+        x: &FeatureMap,
+        y: &mut FeatureMap,
+        epilogue: Epilogue<'_>,
+        threads: usize,
+    ) {
+        let panels = &self.panels;
+        let (k_len, c_out) = (panels.k(), self.spec.c_out);
+        let m = y.n * y.h * y.w;
+        let max_rows = (TILE_COLUMN_BYTES / (4 * k_len)).min(MAX_TILE_ROWS);
+        let (rows_per_task, row_tasks, col_groups) =
+            split_work(m, max_rows, threads, panels.panels());
+        let panels_per_group = panels.panels().div_ceil(col_groups);
+        let (ho, wo) = (y.h, y.w);
+        let out = OutPtr(y.data.as_mut_ptr());
+
+        (0..row_tasks * col_groups)
+            .into_par_iter()
+            .for_each(|task| {
+                let first_row = task / col_groups * rows_per_task;
+                let rows = first_row..(first_row + rows_per_task).min(m);
+                let group = task % col_groups;
+                let group_panels =
+                    group * panels_per_group..((group + 1) * panels_per_group).min(panels.panels());
+                COLUMNS.with_borrow_mut(|columns| {
+                    self.im2col(x, ho, wo, rows.clone(), columns);
+                    let mut acc = [[0.0; NR]; MR];
+                    for p in group_panels {
+                        let cols = p * NR..((p + 1) * NR).min(c_out);
+                        for block in (0..rows.len()).step_by(MR) {
+                            product(&columns[block * k_len..], k_len, panels.panel(p), &mut acc);
+                            for (r, values) in acc.iter().enumerate().take(rows.len() - block) {
+                                let row = rows.start + block + r;
+                                let at = row * c_out + cols.start;
+                                // SAFETY: (row, cols) lies in this task's rectangle of the
+                                // `m × c_out` output, which no other task writes.
+                                unsafe {
+                                    epilogue.store(
+                                        &values[..cols.len()],
+                                        &self.bias[cols.clone()],
+                                        at,
+                                        out.at(at),
+                                    )
+                                };
+                            }
+                        }
+                    }
+                });
+            });
+    }
+
+    /// Writes the im2col rows `rows` of `x` into `columns` (`rows.len()` rounded up to `MR`,
+    /// × K; the rows past the end are zero).
     fn im2col(
         &self,
         x: &FeatureMap,
@@ -152,9 +257,9 @@ impl FoldedConv {
             self.spec.pad_before(),
             self.spec.c_in,
         );
-        let k_len = self.k_len();
+        let k_len = k * k * c_in;
         columns.clear();
-        columns.resize(rows.len() * k_len, 0.0);
+        columns.resize(rows.len().div_ceil(MR) * MR * k_len, 0.0);
         for (r, row) in rows.enumerate() {
             let (b, oy, ox) = (row / (ho * wo), row / wo % ho, row % wo);
             let dst = &mut columns[r * k_len..(r + 1) * k_len];
@@ -176,79 +281,25 @@ impl FoldedConv {
             }
         }
     }
+}
 
-    /// `out[rows, cols] = columns · W[:, cols]`, single-threaded.
-    ///
-    /// # Safety
-    /// `out` must point at an `m × c_out` buffer containing the `rows × cols` rectangle, which no
-    /// other thread accesses meanwhile.
-    unsafe fn tile_product(
-        &self,
-        columns: &[f32],
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-        out: OutPtr,
-    ) {
-        let (k_len, c_out) = (self.k_len(), self.spec.c_out);
-        debug_assert_eq!(columns.len(), rows.len() * k_len);
-        // SAFETY: the operands' extents follow from the shapes checked at load; `out` per the
-        // function's contract.
-        unsafe {
-            gemm::gemm(
-                rows.len(),
-                cols.len(),
-                k_len,
-                out.0.add(rows.start * c_out + cols.start),
-                1,
-                c_out as isize,
-                false, // overwrite the tile: it is not read, so it need not be initialised
-                columns.as_ptr(),
-                1,
-                k_len as isize,
-                self.weights.as_ptr().add(cols.start),
-                1,
-                c_out as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                // Threads are ours (tiles across the pool); nested parallelism would oversubscribe.
-                gemm::Parallelism::None,
-            );
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Adds the folded bias and the shortcut, then applies the ReLU, on one tile.
-    ///
-    /// # Safety
-    /// As [`Self::tile_product`].
-    unsafe fn tile_epilogue(
-        &self,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-        out: OutPtr,
-        epilogue: Epilogue<'_>,
-    ) {
-        let c_out = self.spec.c_out;
-        let bias = &self.bias[cols.clone()];
-        for row in rows {
-            let at = row * c_out + cols.start;
-            // SAFETY: this row segment is inside the tile's rectangle.
-            let values = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), cols.len()) };
-            for (v, b) in values.iter_mut().zip(bias) {
-                *v += b;
-            }
-            if let Some(shortcut) = epilogue.shortcut {
-                for (v, s) in values.iter_mut().zip(&shortcut.data[at..at + cols.len()]) {
-                    *v += s;
-                }
-            }
-            if epilogue.relu {
-                for v in values.iter_mut() {
-                    *v = v.max(0.0);
-                }
-            }
+    #[test]
+    fn work_split_covers_every_unit_once() {
+        for (units, max_units, threads, panels) in [
+            (1, 240, 2, 2),
+            (9, 12, 2, 16),
+            (5184, 240, 2, 2),
+            (324, 60, 2, 2),
+            (7, 6, 3, 1),
+        ] {
+            let (per_task, tasks, groups) = split_work(units, max_units, threads, panels);
+            assert_eq!(per_task % MR, 0);
+            assert!(per_task * tasks >= units && per_task * (tasks - 1) < units);
+            assert!((1..=panels).contains(&groups));
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The production CPU path: folded weights, tiled im2col + GEMM convolutions, a private thread
-//! pool of a chosen size.
+//! The production CPU path: folded, pre-packed weights, Winograd and im2col convolutions
+//! ([`super::conv`]), a private thread pool of a chosen size.
 
 use crate::face::model::{
     ARCHITECTURE, BlockKind, DESCRIPTOR_DIM, FaceModel, INPUT_SIZE, conv_specs,
