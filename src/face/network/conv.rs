@@ -115,27 +115,84 @@ impl OutPtr {
     }
 }
 
-/// Splits `units` units of work (rows or tiles, `MR` to a block) into tasks for `threads`
-/// threads of at most `max_units` each: returns (units per task, task count, column groups).
-/// When there are fewer tasks than threads, the `panels` output panels are split as well.
-pub(crate) fn split_work(
+/// How a layer's work is cut into tasks for the pool: its `units` (output rows, or Winograd
+/// patches) in blocks of `MR`, spread evenly over a multiple of the thread count, and, when
+/// that gives few tasks (the deep layers at small batches), its output panels split as well.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WorkSplit {
     units: usize,
-    max_units: usize,
-    threads: usize,
+    blocks: usize,
+    unit_tasks: usize,
+    col_groups: usize,
     panels: usize,
-) -> (usize, usize, usize) {
-    let max_units = (max_units / MR * MR).max(MR);
-    let blocks = units.div_ceil(MR).max(1);
-    let tasks = units.div_ceil(max_units).div_ceil(threads) * threads;
-    let tasks = tasks.clamp(1, blocks);
-    let per_task = units.div_ceil(tasks).div_ceil(MR) * MR;
-    let tasks = units.div_ceil(per_task).max(1);
-    let col_groups = if tasks < 2 * threads {
-        (2 * threads).div_ceil(tasks).min(panels).max(1)
-    } else {
-        1
-    };
-    (per_task, tasks, col_groups)
+}
+
+impl WorkSplit {
+    /// At most about `max_units` units a task, for `threads` threads and `panels` panels.
+    /// `filters_dominate`: whether reading the filters outweighs preparing the inputs when
+    /// there are fewer units than output channels (true of the direct form; Winograd's input
+    /// transform is worth not repeating).
+    pub fn new(
+        units: usize,
+        max_units: usize,
+        threads: usize,
+        panels: usize,
+        filters_dominate: bool,
+    ) -> Self {
+        let max_units = (max_units / MR * MR).max(MR);
+        let blocks = units.div_ceil(MR).max(1);
+        let (unit_tasks, col_groups) = if filters_dominate && units < panels * NR {
+            // Fewer rows than output channels (the deep layers at small batches): the filters
+            // are most of what is read, so each is read by one task only, and the threads
+            // divide the channels between them.
+            let unit_tasks = units.div_ceil(max_units).clamp(1, blocks);
+            (unit_tasks, panels.min(4 * threads))
+        } else {
+            let unit_tasks = units
+                .div_ceil(max_units)
+                .div_ceil(threads)
+                .saturating_mul(threads)
+                .clamp(1, blocks);
+            let col_groups = if unit_tasks < 2 * threads {
+                (2 * threads).div_ceil(unit_tasks).min(panels).max(1)
+            } else {
+                1
+            };
+            (unit_tasks, col_groups)
+        };
+        Self {
+            units,
+            blocks,
+            unit_tasks,
+            col_groups,
+            panels,
+        }
+    }
+
+    /// Tasks in all.
+    pub fn tasks(&self) -> usize {
+        self.unit_tasks * self.col_groups
+    }
+
+    /// Units a task holds at most: a multiple of `MR`.
+    pub fn max_units(&self) -> usize {
+        self.blocks.div_ceil(self.unit_tasks) * MR
+    }
+
+    /// The units of task `task`; tasks differ by one block at most.
+    pub fn units(&self, task: usize) -> std::ops::Range<usize> {
+        let t = task / self.col_groups;
+        let first = t * self.blocks / self.unit_tasks * MR;
+        let end = (t + 1) * self.blocks / self.unit_tasks * MR;
+        first.min(self.units)..end.min(self.units)
+    }
+
+    /// The output panels of task `task`.
+    pub fn panels(&self, task: usize) -> std::ops::Range<usize> {
+        let per_group = self.panels.div_ceil(self.col_groups);
+        let g = task % self.col_groups;
+        (g * per_group).min(self.panels)..((g + 1) * per_group).min(self.panels)
+    }
 }
 
 impl FoldedConv {
@@ -200,45 +257,41 @@ impl FoldedConv {
         let (k_len, c_out) = (panels.k(), self.spec.c_out);
         let m = y.n * y.h * y.w;
         let max_rows = (TILE_COLUMN_BYTES / (4 * k_len)).min(MAX_TILE_ROWS);
-        let (rows_per_task, row_tasks, col_groups) =
-            split_work(m, max_rows, threads, panels.panels());
-        let panels_per_group = panels.panels().div_ceil(col_groups);
+        let split = WorkSplit::new(m, max_rows, threads, panels.panels(), true);
         let (ho, wo) = (y.h, y.w);
         let out = OutPtr(y.data.as_mut_ptr());
 
-        (0..row_tasks * col_groups)
-            .into_par_iter()
-            .for_each(|task| {
-                let first_row = task / col_groups * rows_per_task;
-                let rows = first_row..(first_row + rows_per_task).min(m);
-                let group = task % col_groups;
-                let group_panels =
-                    group * panels_per_group..((group + 1) * panels_per_group).min(panels.panels());
-                COLUMNS.with_borrow_mut(|columns| {
-                    self.im2col(x, ho, wo, rows.clone(), columns);
-                    let mut acc = [[0.0; NR]; MR];
-                    for p in group_panels {
-                        let cols = p * NR..((p + 1) * NR).min(c_out);
-                        for block in (0..rows.len()).step_by(MR) {
-                            product(&columns[block * k_len..], k_len, panels.panel(p), &mut acc);
-                            for (r, values) in acc.iter().enumerate().take(rows.len() - block) {
-                                let row = rows.start + block + r;
-                                let at = row * c_out + cols.start;
-                                // SAFETY: (row, cols) lies in this task's rectangle of the
-                                // `m × c_out` output, which no other task writes.
-                                unsafe {
-                                    epilogue.store(
-                                        &values[..cols.len()],
-                                        &self.bias[cols.clone()],
-                                        at,
-                                        out.at(at),
-                                    )
-                                };
-                            }
+        (0..split.tasks()).into_par_iter().for_each(|task| {
+            let rows = split.units(task);
+            let group_panels = split.panels(task);
+            if rows.is_empty() || group_panels.is_empty() {
+                return;
+            }
+            COLUMNS.with_borrow_mut(|columns| {
+                self.im2col(x, ho, wo, rows.clone(), columns);
+                let mut acc = [[0.0; NR]; MR];
+                for p in group_panels {
+                    let cols = p * NR..((p + 1) * NR).min(c_out);
+                    for block in (0..rows.len()).step_by(MR) {
+                        product(&columns[block * k_len..], k_len, panels.panel(p), &mut acc);
+                        for (r, values) in acc.iter().enumerate().take(rows.len() - block) {
+                            let row = rows.start + block + r;
+                            let at = row * c_out + cols.start;
+                            // SAFETY: (row, cols) lies in this task's rectangle of the
+                            // `m × c_out` output, which no other task writes.
+                            unsafe {
+                                epilogue.store(
+                                    &values[..cols.len()],
+                                    &self.bias[cols.clone()],
+                                    at,
+                                    out.at(at),
+                                )
+                            };
                         }
                     }
-                });
+                }
             });
+        });
     }
 
     /// Writes the im2col rows `rows` of `x` into `columns` (`rows.len()` rounded up to `MR`,
@@ -288,18 +341,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn work_split_covers_every_unit_once() {
+    fn work_split_covers_every_unit_and_panel_once() {
         for (units, max_units, threads, panels) in [
             (1, 240, 2, 2),
             (9, 12, 2, 16),
             (5184, 240, 2, 2),
             (324, 60, 2, 2),
+            (81, 30, 2, 4),
             (7, 6, 3, 1),
         ] {
-            let (per_task, tasks, groups) = split_work(units, max_units, threads, panels);
-            assert_eq!(per_task % MR, 0);
-            assert!(per_task * tasks >= units && per_task * (tasks - 1) < units);
-            assert!((1..=panels).contains(&groups));
+            for filters_dominate in [false, true] {
+                let split = WorkSplit::new(units, max_units, threads, panels, filters_dominate);
+                let mut covered = vec![0; units * panels];
+                for task in 0..split.tasks() {
+                    let rows = split.units(task);
+                    assert_eq!(rows.start % MR, 0);
+                    assert!(rows.len() <= split.max_units());
+                    for row in rows {
+                        for panel in split.panels(task) {
+                            covered[row * panels + panel] += 1;
+                        }
+                    }
+                }
+                assert!(
+                    covered.iter().all(|&c| c == 1),
+                    "{units} units, {panels} panels"
+                );
+            }
         }
     }
 }

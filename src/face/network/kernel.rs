@@ -16,6 +16,10 @@ pub(crate) const MR: usize = 6;
 /// Output channels per packed panel (two 8-wide registers).
 pub(crate) const NR: usize = 16;
 
+/// Steps of K ahead that the AVX2 kernel prefetches the panel (one 64-byte line a step).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_STEPS: usize = 32;
+
 /// A `K × N` filter matrix cut into panels of `NR` columns, each `K × NR` row-major and
 /// contiguous, so that the microkernel walks one panel front to back. `N` is padded with zero
 /// columns up to a multiple of `NR`.
@@ -157,6 +161,9 @@ unsafe fn product_avx2(
         ];
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for p in 0..k {
+            // Each step reads one 64-byte line of the panel; ask for the line PREFETCH_STEPS
+            // ahead, as the deep layers at small batches stream their filters from memory.
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH_STEPS) * NR).cast());
             let b0 = _mm256_loadu_ps(b.add(p * NR));
             let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
             for r in 0..MR {

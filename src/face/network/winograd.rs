@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::face::model::{ConvSpec, Padding};
 
-use super::conv::{Epilogue, OutPtr, split_work};
+use super::conv::{Epilogue, OutPtr, WorkSplit};
 #[cfg(target_arch = "x86_64")]
 use super::kernel::has_avx2_fma;
 use super::kernel::{MR, NR, PackedPanels, product_to};
@@ -106,8 +106,8 @@ impl Winograd {
         let patches = x.n * tiles_y * tiles_x;
         let panels = self.c_out.div_ceil(NR);
         let max_patches = (BLOCK_BYTES / (4 * POSITIONS * self.c_in)).min(MAX_BLOCK_PATCHES);
-        let (per_task, tasks, col_groups) = split_work(patches, max_patches, threads, panels);
-        let panels_per_group = panels.div_ceil(col_groups);
+        let split = WorkSplit::new(patches, max_patches, threads, panels, false);
+        let per_task = split.max_units();
         let out = OutPtr(y.data.as_mut_ptr());
         let geometry = Geometry {
             tiles_y,
@@ -116,13 +116,10 @@ impl Winograd {
             w: x.w,
         };
 
-        (0..tasks * col_groups).into_par_iter().for_each(|task| {
-            let first = task / col_groups * per_task;
-            let block = first..(first + per_task).min(patches);
-            let group = task % col_groups;
-            let group_panels =
-                group * panels_per_group..((group + 1) * panels_per_group).min(panels);
-            if group_panels.is_empty() {
+        (0..split.tasks()).into_par_iter().for_each(|task| {
+            let block = split.units(task);
+            let group_panels = split.panels(task);
+            if block.is_empty() || group_panels.is_empty() {
                 return;
             }
             SCRATCH.with_borrow_mut(|scratch| {
