@@ -18,6 +18,7 @@
 //! - One image per detector pass; several faces of one image do share a landmark pass.
 
 pub mod boxes;
+pub mod gpu;
 pub mod landmarks;
 pub mod ssd;
 pub mod store;
@@ -28,9 +29,14 @@ mod layers;
 mod spec;
 
 pub use error::DetectError;
-pub use landmarks::{FaceLandmarks, LANDMARK_INPUT_SIZE, LandmarkNet};
-pub use spec::{detector_tensor_specs, landmark_tensor_specs, tiny_landmark_tensor_specs};
-pub use ssd::{DETECTOR_INPUT_SIZE, Detector, DetectorOptions};
+pub use gpu::{GpuDetector, GpuFaceFinder, GpuLandmarkNet};
+pub use landmarks::{FaceLandmarks, LANDMARK_INPUT_LEN, LANDMARK_INPUT_SIZE, LandmarkNet};
+pub use spec::{
+    LANDMARK_OUTPUTS, detector_tensor_specs, landmark_tensor_specs, tiny_landmark_tensor_specs,
+};
+pub use ssd::{
+    DETECTOR_INPUT_LEN, DETECTOR_INPUT_SIZE, Detector, DetectorOptions, SsdOutputs, detector_input,
+};
 pub use store::{DetectionWeights, import_tfjs_with_detection, load_detection};
 
 use crate::face::preprocess::RgbImage;
@@ -109,16 +115,25 @@ impl FaceFinder {
     pub fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, DetectError> {
         let detections = self.detector.detect(image)?;
         let landmarks = self.landmark_net.landmarks_batch(image, &detections)?;
-        Ok(detections
-            .into_iter()
-            .zip(landmarks)
-            .filter_map(|(detection, landmarks)| {
-                let landmarks = landmarks.ok()?;
-                Some(FoundFace {
-                    detection,
-                    landmarks,
-                })
-            })
-            .collect())
+        Ok(found_faces(detections, landmarks))
     }
+}
+
+/// The faces of `detections` that got `landmarks` (a detection without a crop has none, and is
+/// dropped as the reference drops it).
+fn found_faces(
+    detections: Vec<Detection>,
+    landmarks: Vec<Result<FaceLandmarks, DetectError>>,
+) -> Vec<FoundFace> {
+    detections
+        .into_iter()
+        .zip(landmarks)
+        .filter_map(|(detection, landmarks)| {
+            let landmarks = landmarks.ok()?;
+            Some(FoundFace {
+                detection,
+                landmarks,
+            })
+        })
+        .collect()
 }
