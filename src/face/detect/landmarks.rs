@@ -328,6 +328,15 @@ pub(crate) enum EntryLayers<'a> {
     Separable(&'a Depthwise, &'a Conv),
 }
 
+/// The landmark network's inputs for the detections of `image` that have a crop (a pixel
+/// inside the image), back to back, as [`LandmarkNet::landmarks_batch`] builds them: for
+/// [`LandmarkNet::forward`] and the GPU's.
+pub fn landmark_inputs(image: &RgbImage, detections: &[Detection]) -> Vec<f32> {
+    let mut inputs = Vec::new();
+    FaceCrops::new(image, detections).inputs_into(image, &mut inputs);
+    inputs
+}
+
 /// Values of one face of the landmark network's input: [`LANDMARK_INPUT_SIZE`]² × 3.
 pub const LANDMARK_INPUT_LEN: usize = LANDMARK_INPUT_SIZE * LANDMARK_INPUT_SIZE * 3;
 

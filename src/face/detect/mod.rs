@@ -30,7 +30,9 @@ mod spec;
 
 pub use error::DetectError;
 pub use gpu::{GpuDetector, GpuFaceFinder, GpuLandmarkNet};
-pub use landmarks::{FaceLandmarks, LANDMARK_INPUT_LEN, LANDMARK_INPUT_SIZE, LandmarkNet};
+pub use landmarks::{
+    FaceLandmarks, LANDMARK_INPUT_LEN, LANDMARK_INPUT_SIZE, LandmarkNet, landmark_inputs,
+};
 pub use spec::{
     LANDMARK_OUTPUTS, detector_tensor_specs, landmark_tensor_specs, tiny_landmark_tensor_specs,
 };
