@@ -2,8 +2,8 @@
 //! and [`LandmarkNet`], their forward passes in WGSL compute shaders on wgpu, for several
 //! frames per detector pass and several faces per landmark pass.
 //!
-//! Why a GPU: the detector costs about 2.3 billion multiply-adds a frame at 512 × 512, more
-//! than eight faces' worth of the descriptor network, and the appliance finds the face of
+//! Why a GPU: the detector costs about 3.1 billion multiply-adds a frame at 512 × 512, more
+//! than ten faces' worth of the descriptor network, and the appliance finds the face of
 //! every gate's frame. Batched, its 1×1 convolutions are large matrix products.
 //!
 //! How it runs:

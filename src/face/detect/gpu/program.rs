@@ -122,7 +122,7 @@ impl Op {
     }
 
     /// The slots read and the slot written.
-    pub(super) fn reads_writes(&self) -> (Vec<Slot>, Slot) {
+    fn reads_writes(&self) -> (Vec<Slot>, Slot) {
         match *self {
             Op::Conv {
                 input,
@@ -434,6 +434,15 @@ impl ProgramBuilder {
             Slot::Output(i) => Some(i),
             _ => None,
         });
+        // WebGPU forbids a dispatch to bind one buffer for reading and writing; a program
+        // that did would fail validation on the first pass, so refuse it here, by name.
+        for op in &self.ops {
+            let (reads, output) = op.reads_writes();
+            if reads.contains(&output) || output == Slot::Input {
+                let message = format!("a dispatch writes the {output:?} it reads");
+                return Err(self.unsupported(op.kernel(), message));
+            }
+        }
         for kernel in [
             Kernel::FaceConv,
             Kernel::FaceDepthwise,
@@ -509,12 +518,6 @@ impl DeviceProgram {
             .buffers
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    /// The dispatches, for tests of the program's shape.
-    #[cfg(test)]
-    pub fn ops(&self) -> &[Op] {
-        &self.ops
     }
 
     /// Runs every item of `inputs` (items of the program's input length back to back) and
