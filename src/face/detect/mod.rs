@@ -6,6 +6,7 @@
 //! - [`LandmarkNet`]: the full 68-point landmark network ([`landmarks`]).
 //! - [`FaceFinder`]: both, detection then landmarks for every face of an image.
 //! - [`store`]: their weights in the HDF5 model file beside the descriptor network's.
+//! - [`gpu`]: both networks' forward passes in WGSL ([`GpuFaceFinder`]), the rest shared.
 //!
 //! Both networks run in the current rayon pool (call them inside `pool.install` to choose
 //! the threads); 1×1 convolutions and im2col'd full convolutions are `gemm` products, 3×3
@@ -15,7 +16,9 @@
 //!
 //! - The tiny landmark net ([`LandmarkNet::new_tiny`]) runs, for comparison, but has no group
 //!   in the model file; the tiny detector (TinyYolov2-style) is not ported.
-//! - One image per detector pass; several faces of one image do share a landmark pass.
+//! - On the CPU, one image per detector pass; several faces of one image do share a landmark
+//!   pass. On the GPU, several frames share a detector pass and all their faces a landmark
+//!   pass, when the caller hands them over together.
 
 pub mod boxes;
 pub mod gpu;
