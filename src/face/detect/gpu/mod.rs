@@ -35,18 +35,15 @@
 //! - Frames from different gates are batched only when a caller hands several to
 //!   [`GpuFaceFinder::find_batch`]; the appliance still finds faces one request at a time.
 
-mod program;
-
 use std::collections::HashMap;
 
-use program::{DeviceProgram, ProgramBuilder, Shape, Slot};
-
 use super::landmarks::{EntryLayers, FaceCrops};
+use super::layers::Conv;
 use super::spec::{ANCHOR_COUNT, BOX_PREDICTORS};
 use super::ssd::{DETECTOR_INPUT_LEN, SsdOutputs, detector_input};
 use super::{
     DETECTOR_INPUT_SIZE, DetectError, Detection, DetectionWeights, Detector, DetectorOptions,
-    FoundFace, LANDMARK_INPUT_SIZE, LANDMARK_OUTPUTS, LandmarkNet, found_faces,
+    FaceLandmarks, FoundFace, LANDMARK_INPUT_SIZE, LANDMARK_OUTPUTS, LandmarkNet, found_faces,
 };
 use crate::engine::gpu::shaders::{
     FACE_TILE_CHANNELS, FLAG_RELU, FLAG_RELU_INPUT, FLAG_RELU6, FLAG_SHORTCUT,
@@ -54,6 +51,10 @@ use crate::engine::gpu::shaders::{
 use crate::engine::gpu::{GpuContext, GpuError};
 use crate::face::model::Tensor;
 use crate::face::preprocess::RgbImage;
+
+mod program;
+
+use program::{DeviceProgram, ProgramBuilder, Shape, Slot};
 
 /// Frames per detector pass unless the device's limits ask for fewer: about 36 MB of
 /// activations a frame, so 8 frames hold about 300 MB, as the descriptor network's passes do.
@@ -246,8 +247,8 @@ fn detector_program(cpu: &Detector, ctx: GpuContext) -> Result<DeviceProgram, Gp
 /// One 1×1 convolution computing both heads of a box predictor: filters `[c_in, width]` with
 /// the encoding filters' columns first, the class filters' next, zeros after; the bias alike.
 fn side_by_side(
-    encodings: &super::layers::Conv,
-    classes: &super::layers::Conv,
+    encodings: &Conv,
+    classes: &Conv,
     c_in: usize,
     width: usize,
 ) -> (Vec<f32>, Vec<f32>) {
@@ -315,7 +316,7 @@ impl GpuLandmarkNet {
         &self,
         image: &RgbImage,
         detections: &[Detection],
-    ) -> Result<Vec<Result<super::FaceLandmarks, DetectError>>, DetectError> {
+    ) -> Result<Vec<Result<FaceLandmarks, DetectError>>, DetectError> {
         let crops = FaceCrops::new(image, detections);
         let mut inputs = Vec::new();
         crops.inputs_into(image, &mut inputs);
