@@ -351,4 +351,15 @@ fn face_backend_gpu_serves_find_faces_from_the_gpu() {
     // from the CPU's in the last bits (3.6e-5 px and 8.2e-5 px on lavapipe), so an answer
     // equal to the CPU's bit for bit would mean the CPU finder served it.
     assert_ne!(found, theirs, "served by the GPU, not the CPU behind it");
+
+    // Two frames in one batch through the trait: one detector pass, each frame's own faces.
+    let batch = finder
+        .find_batch(&[image, &photos()[2]])
+        .expect("the batch runs");
+    assert_eq!(batch[0].as_ref().expect("accepted"), &found);
+    let (edges, _, points) = detection_error(
+        batch[1].as_ref().expect("accepted"),
+        &cpu().find(&photos()[2]).unwrap(),
+    );
+    assert!(edges <= BOX_TOLERANCE_PX && points <= LANDMARK_TOLERANCE_PX);
 }

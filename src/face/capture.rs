@@ -17,6 +17,22 @@ use super::quality::{CaptureIssue, Check, Measures, QualityPolicy, SeveralFaces,
 pub trait FindFaces: Send + Sync {
     /// Every face found in `image`, most confident first.
     fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError>;
+
+    /// The faces of each of `images`, in order: each image's own result (an image the
+    /// detector refuses does not stop the others), or an error for the whole batch (a failed
+    /// device). A finder that runs several frames through its networks at once (the GPU's)
+    /// overrides this; the default finds them one at a time.
+    fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
+        Ok(images.iter().map(|image| self.find(image)).collect())
+    }
+}
+
+/// What [`FindFaces::find_batch`] returns per image.
+pub type FoundBatch = Vec<Result<Vec<FoundFace>, CaptureError>>;
+
+/// Whether `error` is the GPU's failure, the one error a failover finder acts on.
+fn is_gpu_failure(error: &CaptureError) -> bool {
+    matches!(error, CaptureError::Detection(DetectError::Gpu { .. }))
 }
 
 /// A [`FaceFinder`] on a thread pool of its own, so that detection neither waits for nor
@@ -64,6 +80,15 @@ impl FindFaces for GpuFaceFinder {
         crate::metrics::face_detect(started.elapsed());
         Ok(faces)
     }
+
+    /// One detector pass over all of `images` and one landmark pass over all their faces.
+    fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
+        let found = GpuFaceFinder::find_batch(self, images)?;
+        Ok(found
+            .into_iter()
+            .map(|faces| faces.map_err(CaptureError::from))
+            .collect())
+    }
 }
 
 /// A GPU finder with the CPU finder behind it: the first failure of the GPU (a lost device, a
@@ -100,23 +125,47 @@ impl FailoverFinder {
     }
 }
 
+impl FailoverFinder {
+    /// Records the primary's failure `error`, logging and counting the first.
+    fn fail_over(&self, error: &CaptureError) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                error = %error,
+                "face detector failed on the GPU; moving it to the CPU for good"
+            );
+            crate::metrics::backend_failover("gpu", "cpu", "face detector");
+        }
+    }
+}
+
 impl FindFaces for FailoverFinder {
     fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
         if !self.has_failed_over() {
             match self.primary.find(image) {
-                Err(CaptureError::Detection(DetectError::Gpu { source })) => {
-                    if !self.failed.swap(true, Ordering::Relaxed) {
-                        tracing::error!(
-                            error = %source,
-                            "face detector failed on the GPU; moving it to the CPU for good"
-                        );
-                        crate::metrics::backend_failover("gpu", "cpu", "face detector");
-                    }
-                }
+                Err(error) if is_gpu_failure(&error) => self.fail_over(&error),
                 other => return other,
             }
         }
         self.fallback.find(image)
+    }
+
+    /// The whole batch goes to the fallback when the primary failed on any of its images:
+    /// after a device failure none of the batch's answers is trusted.
+    fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
+        if !self.has_failed_over() {
+            match self.primary.find_batch(images) {
+                Err(error) if is_gpu_failure(&error) => self.fail_over(&error),
+                Err(other) => return Err(other),
+                Ok(found) => {
+                    let mut errors = found.iter().filter_map(|r| r.as_ref().err());
+                    let Some(error) = errors.find(|e| is_gpu_failure(e)) else {
+                        return Ok(found);
+                    };
+                    self.fail_over(error);
+                }
+            }
+        }
+        self.fallback.find_batch(images)
     }
 }
 
@@ -448,6 +497,22 @@ mod tests {
         );
         assert!(finder.has_failed_over());
         assert_eq!(finder.find(&image).unwrap(), cpu);
+    }
+
+    #[test]
+    fn a_batch_with_a_failed_image_goes_to_the_cpu_whole() {
+        let image = grey(400, 300);
+        let cpu = vec![face_at(300.0, 150.0, 50.0)];
+        let finder = FailoverFinder::new(
+            Box::new(FlakyGpu(Default::default())),
+            Box::new(Fixed(cpu.clone())),
+        );
+        // The default find_batch asks the GPU image by image: the first answers, the second
+        // fails, and the CPU answers both.
+        let found = finder.find_batch(&[&image, &image]).unwrap();
+        assert!(finder.has_failed_over());
+        let found: Vec<_> = found.into_iter().map(Result::unwrap).collect();
+        assert_eq!(found, [cpu.clone(), cpu]);
     }
 
     #[test]
