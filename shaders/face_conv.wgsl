@@ -1,6 +1,7 @@
-// face_conv.wgsl: one convolution of the face descriptor network for a batch of faces, as an
-// implicit matrix product, with the folded bias, the residual shortcut and the ReLU applied to
-// each output before it is stored.
+// face_conv.wgsl: one convolution for a batch of faces or frames, as an implicit matrix
+// product, with the folded bias, the residual shortcut and the activation (ReLU or ReLU6)
+// applied to each output before it is stored. The descriptor network, the face detector and
+// the landmark network all run their full and 1x1 convolutions through it.
 //
 // Bindings (group 0):
 //   0  input     storage, read        array<f32>, NHWC [faces, in_h, in_w, in_c]
@@ -8,7 +9,8 @@
 //                                     bias and scale already folded in
 //   2  bias      storage, read        array<vec4<f32>>, out_c / 4
 //   3  shortcut  storage, read        array<vec4<f32>>, NHWC like output; read only when
-//                                     params.flags has FLAG_SHORTCUT
+//                                     params.flags has FLAG_SHORTCUT (added before the
+//                                     activation)
 //   4  output    storage, read_write  array<vec4<f32>>, NHWC [faces, out_h, out_w, out_c]
 //   5  params    uniform              ConvParams
 //
@@ -47,6 +49,8 @@ struct ConvParams {
 
 const FLAG_RELU: u32 = 1u;
 const FLAG_SHORTCUT: u32 = 2u;
+// min(max(0, x), 6), the detector's activation (TF's clipByValue(x, 0, 6)).
+const FLAG_RELU6: u32 = 4u;
 
 // Pixels of the tile each thread gathers window values for (one depth lane, every
 // WG_SIZE / FACE_TILE_DEPTH-th pixel).
@@ -156,6 +160,9 @@ fn conv(
         }
         if (params.flags & FLAG_RELU) != 0u {
             v = max(v, vec4<f32>(0.0));
+        }
+        if (params.flags & FLAG_RELU6) != 0u {
+            v = clamp(v, vec4<f32>(0.0), vec4<f32>(6.0));
         }
         output[at] = v;
     }

@@ -13,8 +13,8 @@ use crate::config::{BackendChoice, Config, ConfigError, FaceConfig, SYNTHETIC_MO
 use crate::engine::Backend;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{GpuEngine, GpuError, GpuOptions};
-use crate::face::capture::{CaptureError, FindFaces, PooledFinder};
-use crate::face::detect::FaceFinder;
+use crate::face::capture::{CaptureError, FailoverFinder, FindFaces, PooledFinder};
+use crate::face::detect::{FaceFinder, GpuFaceFinder};
 use crate::face::network::FailoverEmbedder;
 use crate::face::{CpuNetwork, EmbedError, Embedder, GpuNetwork, ModelError};
 use crate::flows::{Appliance, ApplianceError, FaceNetworks};
@@ -170,15 +170,18 @@ pub fn face_networks(config: &Config) -> Result<Option<FaceNetworks>, CommandErr
         }
         Some(Err(e)) => return Err(CommandError::Embed(e)),
     };
-    let finder = face_finder(&face.model, threads)?;
+    let finder = face_finder(&face.model, threads, face.backend)?;
     Ok(Some(FaceNetworks { embedder, finder }))
 }
 
-/// The face detector and landmark network from the model file, on `threads` threads of their
-/// own; `None` for a model file made without them (gates must then send landmarks or a crop).
+/// The face detector and landmark network from the model file, on the backend `backend` asks
+/// for (as the descriptor network's, `face.backend`): on the CPU on `threads` threads of their
+/// own, or on a GPU with that CPU finder behind it for failover. `None` for a model file made
+/// without them (gates must then send landmarks or a crop).
 fn face_finder(
     model: &std::path::Path,
     threads: usize,
+    backend: BackendChoice,
 ) -> Result<Option<Arc<dyn FindFaces>>, CommandError> {
     let Some(weights) = crate::face::detect::load_detection(model)? else {
         tracing::warn!(
@@ -188,13 +191,41 @@ fn face_finder(
         return Ok(None);
     };
     let finder = FaceFinder::new(&weights).map_err(CaptureError::from)?;
-    tracing::info!(
-        detector = "ssd_mobilenetv1",
-        landmarks = "face_landmark_68",
-        threads,
-        "face detector loaded"
-    );
-    Ok(Some(Arc::new(PooledFinder::new(finder, threads)?)))
+    let cpu = PooledFinder::new(finder, threads)?;
+    let loaded = |backend: &str, why: &str| {
+        tracing::info!(
+            detector = "ssd_mobilenetv1",
+            landmarks = "face_landmark_68",
+            backend,
+            threads,
+            why,
+            "face detector loaded"
+        );
+    };
+    // As for the descriptor network: `auto` takes a hardware GPU only, `gpu` any adapter.
+    let gpu = match backend {
+        BackendChoice::Cpu => None,
+        choice => Some(GpuFaceFinder::open(&weights, choice == BackendChoice::Gpu)),
+    };
+    match gpu {
+        None => {
+            loaded("cpu", "configured");
+            Ok(Some(Arc::new(cpu)))
+        }
+        Some(Ok(gpu)) => {
+            let adapter = gpu.context().adapter_info().name.clone();
+            loaded("gpu", &adapter);
+            Ok(Some(Arc::new(FailoverFinder::new(
+                Box::new(gpu),
+                Box::new(cpu),
+            ))))
+        }
+        Some(Err(e)) if backend == BackendChoice::Auto => {
+            loaded("cpu", &e.to_string());
+            Ok(Some(Arc::new(cpu)))
+        }
+        Some(Err(e)) => Err(CommandError::Capture(CaptureError::Detection(e))),
+    }
 }
 
 /// An appliance running inside this process (the demo and the tests use it).

@@ -87,8 +87,9 @@ pub struct FaceConfig {
     /// the model's customary threshold.
     #[serde(default = "default_face_threshold")]
     pub threshold: f32,
-    /// Where the network runs: `auto`, `gpu` or `cpu`, as for `engine.backend`. Default
-    /// `auto`.
+    /// Where the networks run: `auto`, `gpu` or `cpu`, as for `engine.backend`. The descriptor
+    /// network and, when the model file has them, the face detector and the landmark network;
+    /// on a GPU each has the CPU behind it if the device fails. Default `auto`.
     #[serde(default)]
     pub backend: BackendChoice,
     /// CPU threads for the network; 0 means one per core. Default 0.

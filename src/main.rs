@@ -180,6 +180,9 @@ enum BenchCommand {
         /// The model file made by `gatematch model import`.
         #[arg(long, default_value = "models/face.h5")]
         model: PathBuf,
+        /// The backend: cpu, or gpu (the adapter wgpu prefers, a software one included).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
     },
     /// 1:N scoring of a batch of probes against a random gallery.
     Score {
@@ -465,6 +468,7 @@ fn bench_detect(
     runs: usize,
     threads: usize,
     model: &Path,
+    backend: &str,
 ) -> anyhow::Result<()> {
     use gatematch::face::{bench, capture, detect, embed, preprocess};
 
@@ -478,13 +482,23 @@ fn bench_detect(
         );
     };
     let threads = embed::resolve_threads(threads);
-    let finder = capture::PooledFinder::new(detect::FaceFinder::new(&weights)?, threads)?;
     let frame = embed::read_image(image, &preprocess::DecodeLimits::default())?;
     let run_length = Duration::from_secs_f64(seconds / runs as f64);
-    println!(
-        "{}",
-        bench::measure_find(&finder, "cpu", threads, &frame, runs, run_length)?
-    );
+    let time = match backend.parse::<embed::Backend>()? {
+        embed::Backend::Cpu => {
+            let finder = capture::PooledFinder::new(detect::FaceFinder::new(&weights)?, threads)?;
+            bench::measure_find(&finder, "cpu", threads, &frame, runs, run_length)?
+        }
+        embed::Backend::Gpu => {
+            let finder = detect::GpuFaceFinder::open(&weights, true)?;
+            let info = finder.context().adapter_info();
+            eprintln!("adapter: {} ({:?})", info.name, info.device_type);
+            // The CPU threads only cut and resize the inputs around the GPU's passes.
+            bench::measure_find(&finder, "gpu", threads, &frame, runs, run_length)?
+        }
+        other => bail!("bench detect does not run on {}", other.name()),
+    };
+    println!("{time}");
     Ok(())
 }
 
@@ -527,10 +541,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     runs,
                     threads,
                     model,
+                    backend,
                 },
         } => {
             tokio::task::spawn_blocking(move || {
-                bench_detect(&image, seconds, runs, threads, &model)
+                bench_detect(&image, seconds, runs, threads, &model, &backend)
             })
             .await??
         }

@@ -217,6 +217,38 @@ fn bench_detect_prints_one_line_with_the_faces_found() {
 }
 
 #[test]
+fn bench_detect_on_the_gpu_backend_finds_the_same_face() {
+    let dir = temp_dir();
+    let model = import(dir.path());
+    let image = image_paths().remove(0);
+    let args = [
+        "bench",
+        "detect",
+        "--backend",
+        "gpu",
+        "--model",
+        &model,
+        "--image",
+        &image,
+        "--seconds",
+        "0.1",
+        "--runs",
+        "1",
+        "--threads",
+        "1",
+    ];
+    let Some(output) = gatematch_on_gpu(&args) else {
+        return;
+    };
+    let text = stdout(&output);
+    let line = text.trim();
+    assert!(
+        line.starts_with("detect backend=gpu threads=1 image=626x1200 faces=1 ms_per_frame="),
+        "{line}"
+    );
+}
+
+#[test]
 fn embed_whole_describes_the_whole_image() {
     let dir = temp_dir();
     let model = import(dir.path());

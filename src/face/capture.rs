@@ -7,8 +7,9 @@
 //! `gatematch embed` alike, so that both judge a capture the same way.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::detect::{DetectError, FaceFinder, FoundFace};
+use super::detect::{DetectError, FaceFinder, FoundFace, GpuFaceFinder};
 use super::preprocess::{FaceBox, ImageError, Point, RgbImage, descriptor_box};
 use super::quality::{CaptureIssue, Check, Measures, QualityPolicy, SeveralFaces, measure};
 
@@ -16,6 +17,22 @@ use super::quality::{CaptureIssue, Check, Measures, QualityPolicy, SeveralFaces,
 pub trait FindFaces: Send + Sync {
     /// Every face found in `image`, most confident first.
     fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError>;
+
+    /// The faces of each of `images`, in order: each image's own result (an image the
+    /// detector refuses does not stop the others), or an error for the whole batch (a failed
+    /// device). A finder that runs several frames through its networks at once (the GPU's)
+    /// overrides this; the default finds them one at a time.
+    fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
+        Ok(images.iter().map(|image| self.find(image)).collect())
+    }
+}
+
+/// What [`FindFaces::find_batch`] returns per image.
+pub type FoundBatch = Vec<Result<Vec<FoundFace>, CaptureError>>;
+
+/// Whether `error` is the GPU's failure, the one error a failover finder acts on.
+fn is_gpu_failure(error: &CaptureError) -> bool {
+    matches!(error, CaptureError::Detection(DetectError::Gpu { .. }))
 }
 
 /// A [`FaceFinder`] on a thread pool of its own, so that detection neither waits for nor
@@ -53,6 +70,102 @@ impl FindFaces for PooledFinder {
         let faces = self.pool.install(|| self.finder.find(image))?;
         crate::metrics::face_detect(started.elapsed());
         Ok(faces)
+    }
+}
+
+impl FindFaces for GpuFaceFinder {
+    fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
+        let started = std::time::Instant::now();
+        let faces = GpuFaceFinder::find(self, image)?;
+        crate::metrics::face_detect(started.elapsed());
+        Ok(faces)
+    }
+
+    /// One detector pass over all of `images` and one landmark pass over all their faces.
+    fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
+        let found = GpuFaceFinder::find_batch(self, images)?;
+        Ok(found
+            .into_iter()
+            .map(|faces| faces.map_err(CaptureError::from))
+            .collect())
+    }
+}
+
+/// A GPU finder with the CPU finder behind it: the first failure of the GPU (a lost device, a
+/// failed submission, [`DetectError::Gpu`]) moves every later image to the CPU, and the image
+/// that failed is searched there too, so no gate sees the GPU's failure. Other errors (an
+/// image the detector refuses) are the image's, and are returned as they are.
+pub struct FailoverFinder {
+    primary: Box<dyn FindFaces>,
+    fallback: Box<dyn FindFaces>,
+    failed: AtomicBool,
+}
+
+impl std::fmt::Debug for FailoverFinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailoverFinder")
+            .field("failed_over", &self.has_failed_over())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FailoverFinder {
+    /// `primary` first, `fallback` after its first GPU failure.
+    pub fn new(primary: Box<dyn FindFaces>, fallback: Box<dyn FindFaces>) -> Self {
+        Self {
+            primary,
+            fallback,
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the primary has failed and the fallback finds every face now.
+    pub fn has_failed_over(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl FailoverFinder {
+    /// Records the primary's failure `error`, logging and counting the first.
+    fn fail_over(&self, error: &CaptureError) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                error = %error,
+                "face detector failed on the GPU; moving it to the CPU for good"
+            );
+            crate::metrics::backend_failover("gpu", "cpu", "face detector");
+        }
+    }
+}
+
+impl FindFaces for FailoverFinder {
+    fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
+        if !self.has_failed_over() {
+            match self.primary.find(image) {
+                Err(error) if is_gpu_failure(&error) => self.fail_over(&error),
+                other => return other,
+            }
+        }
+        self.fallback.find(image)
+    }
+
+    /// The whole batch goes to the fallback when the primary failed on any of its images:
+    /// after a device failure none of the batch's answers is trusted.
+    fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
+        if !self.has_failed_over() {
+            match self.primary.find_batch(images) {
+                Err(error) if is_gpu_failure(&error) => self.fail_over(&error),
+                Err(other) => return Err(other),
+                Ok(found) => {
+                    let mut errors = found.iter().filter_map(|r| r.as_ref().err());
+                    let Some(error) = errors.find(|e| is_gpu_failure(e)) else {
+                        return Ok(found);
+                    };
+                    self.fail_over(error);
+                }
+            }
+        }
+        self.fallback.find_batch(images)
     }
 }
 
@@ -336,6 +449,84 @@ mod tests {
         let crop = examine(&image, Region::ReadyCrop, None, &policy).unwrap();
         assert!(crop.is_good() && crop.checks.is_empty() && crop.measures.is_none());
         assert_eq!(crop.face_box, Some(FaceBox::whole(200, 200)));
+    }
+
+    /// Fails on the GPU from its second call on.
+    struct FlakyGpu(std::sync::atomic::AtomicUsize);
+
+    impl FindFaces for FlakyGpu {
+        fn find(&self, _: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
+            if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
+                return Ok(vec![face_at(100.0, 150.0, 60.0)]);
+            }
+            let source = crate::engine::gpu::GpuError::DeviceLost {
+                reason: "test".into(),
+            };
+            Err(DetectError::Gpu { source }.into())
+        }
+    }
+
+    /// Refuses every image as too large, as the detector does.
+    struct Refusing;
+
+    impl FindFaces for Refusing {
+        fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
+            Err(DetectError::ImageTooLarge {
+                width: image.width(),
+                height: image.height(),
+                limit_pixels: 1,
+            }
+            .into())
+        }
+    }
+
+    #[test]
+    fn the_failed_image_and_every_later_one_go_to_the_cpu() {
+        let image = grey(400, 300);
+        let cpu = vec![face_at(300.0, 150.0, 50.0), face_at(100.0, 150.0, 60.0)];
+        let finder = FailoverFinder::new(
+            Box::new(FlakyGpu(Default::default())),
+            Box::new(Fixed(cpu.clone())),
+        );
+        assert_eq!(finder.find(&image).unwrap().len(), 1, "the GPU's answer");
+        assert!(!finder.has_failed_over());
+        assert_eq!(
+            finder.find(&image).unwrap(),
+            cpu,
+            "the failed call, on the CPU"
+        );
+        assert!(finder.has_failed_over());
+        assert_eq!(finder.find(&image).unwrap(), cpu);
+    }
+
+    #[test]
+    fn a_batch_with_a_failed_image_goes_to_the_cpu_whole() {
+        let image = grey(400, 300);
+        let cpu = vec![face_at(300.0, 150.0, 50.0)];
+        let finder = FailoverFinder::new(
+            Box::new(FlakyGpu(Default::default())),
+            Box::new(Fixed(cpu.clone())),
+        );
+        // The default find_batch asks the GPU image by image: the first answers, the second
+        // fails, and the CPU answers both.
+        let found = finder.find_batch(&[&image, &image]).unwrap();
+        assert!(finder.has_failed_over());
+        let found: Vec<_> = found.into_iter().map(Result::unwrap).collect();
+        assert_eq!(found, [cpu.clone(), cpu]);
+    }
+
+    #[test]
+    fn an_image_the_detector_refuses_is_no_reason_to_fail_over() {
+        let finder = FailoverFinder::new(Box::new(Refusing), Box::new(Fixed(vec![])));
+        let err = finder.find(&grey(10, 10)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CaptureError::Detection(DetectError::ImageTooLarge { .. })
+            ),
+            "{err}"
+        );
+        assert!(!finder.has_failed_over());
     }
 
     #[test]

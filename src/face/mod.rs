@@ -13,8 +13,9 @@
 //! - [`network`]: the network itself, as a plain [`network::reference`] oracle, as the
 //!   batched, multi-threaded [`CpuNetwork`], and as [`GpuNetwork`] in WGSL (within 1e-3 of
 //!   the CPU, MODEL.md's bar for the GPU).
-//! - [`detect`]: face detection (SSD MobileNet v1) and 68-point landmarks on the CPU, from a
-//!   photo to the landmarks the descriptor box comes from.
+//! - [`detect`]: face detection (SSD MobileNet v1) and 68-point landmarks, from a photo to
+//!   the landmarks the descriptor box comes from, on the CPU and, with the same
+//!   post-processing, on a GPU ([`detect::gpu`]).
 //! - [`quality`]: capture-quality measures from the landmarks and the pixels, held against a
 //!   policy; [`capture`] puts location and judgement together for one capture.
 //! - [`embed`]: the pipeline driven from files, as `gatematch embed` uses it.
@@ -33,8 +34,10 @@
 //!   unmeasured (`benches/gpu.sh` prints it). Its convolution tile (128 pixels × 32
 //!   channels) is one size for all layers: at batch 1 the deep 4 × 4 layers fill one tile in
 //!   eight, and no layer splits its reduction across workgroups.
-//! - Detection and landmarks ([`detect`]) run on the CPU only, one image per detector pass,
-//!   on the blocking pool of the request that brought the image (not batched across gates).
+//! - Detection and landmarks ([`detect`]) run one image per request, on the CPU's blocking
+//!   pool or one GPU pass per frame: the GPU path takes several frames per pass
+//!   ([`detect::GpuFaceFinder::find_batch`]), but no batcher gathers frames across gates yet.
+//!   Its speed on a real GPU is unmeasured.
 //! - The cover measures of [`quality`] compare regions with the face's own skin; they have been
 //!   measured on synthetic occluders over a handful of real photos only.
 //! - EXIF orientation is not applied (nor does the reference); gates send upright images.

@@ -76,6 +76,46 @@ const FACE_CONV: &str = wgsl!("face_conv");
 const FACE_POOL: &str = wgsl!("face_pool");
 const FACE_SHORTCUT: &str = wgsl!("face_shortcut");
 const FACE_HEAD: &str = wgsl!("face_head");
+const FACE_DEPTHWISE: &str = wgsl!("face_depthwise");
+const LANDMARK_HEAD: &str = wgsl!("landmark_head");
+
+/// Three read-only inputs, one output and the parameters: `face_depthwise.wgsl` (input,
+/// filters, bias) and `landmark_head.wgsl` (input, fc, bias).
+const THREE_INPUT_BINDINGS: &[Access] = &[
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageRead,
+    Access::StorageReadWrite,
+    Access::Uniform,
+];
+
+/// `ConvParams` of `face_conv.wgsl`, shared by every network that runs a convolution through
+/// it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ConvParams {
+    pub faces: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub in_c: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub out_c: u32,
+    pub kernel: u32,
+    pub stride: u32,
+    pub pad: u32,
+    pub flags: u32,
+    pub unused: u32,
+}
+
+/// `flags` bit of `face_conv.wgsl` and `face_depthwise.wgsl`: ReLU after the bias.
+pub(crate) const FLAG_RELU: u32 = 1;
+/// `flags` bit of `face_conv.wgsl`: add the shortcut binding before the activation.
+pub(crate) const FLAG_SHORTCUT: u32 = 2;
+/// `flags` bit of `face_conv.wgsl` and `face_depthwise.wgsl`: ReLU6 after the bias.
+pub(crate) const FLAG_RELU6: u32 = 4;
+/// `flags` bit of `face_depthwise.wgsl`: ReLU of each input value as it is read.
+pub(crate) const FLAG_RELU_INPUT: u32 = 8;
 
 /// How a binding slot is accessed; the Rust twin of a row in a shader's header table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,11 +182,16 @@ pub enum Kernel {
     FaceShortcut,
     /// The face network's mean and fully connected layer (`face_head.wgsl`).
     FaceHead,
+    /// A 3×3 depthwise convolution of the detector or the landmark network
+    /// (`face_depthwise.wgsl`).
+    FaceDepthwise,
+    /// The landmark network's average pool and fully connected layer (`landmark_head.wgsl`).
+    LandmarkHead,
 }
 
 impl Kernel {
     /// Every kernel, for tests that walk them all.
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::ScanF32,
         Kernel::ScanF16,
         Kernel::ScanInt8,
@@ -156,6 +201,8 @@ impl Kernel {
         Kernel::FacePool,
         Kernel::FaceShortcut,
         Kernel::FaceHead,
+        Kernel::FaceDepthwise,
+        Kernel::LandmarkHead,
     ];
 
     /// The scan kernel for a storage format.
@@ -179,6 +226,8 @@ impl Kernel {
             Kernel::FacePool => "face_pool",
             Kernel::FaceShortcut => "face_shortcut",
             Kernel::FaceHead => "face_head",
+            Kernel::FaceDepthwise => "face_depthwise",
+            Kernel::LandmarkHead => "landmark_head",
         }
     }
 
@@ -192,6 +241,8 @@ impl Kernel {
             Kernel::FacePool => "max_pool",
             Kernel::FaceShortcut => "down_shortcut",
             Kernel::FaceHead => "head",
+            Kernel::FaceDepthwise => "depthwise",
+            Kernel::LandmarkHead => "landmark_head",
         }
     }
 
@@ -203,6 +254,7 @@ impl Kernel {
             Kernel::Pair | Kernel::FaceShortcut | Kernel::FaceHead => PAIR_BINDINGS,
             Kernel::FaceConv => FACE_CONV_BINDINGS,
             Kernel::FacePool => FACE_POOL_BINDINGS,
+            Kernel::FaceDepthwise | Kernel::LandmarkHead => THREE_INPUT_BINDINGS,
         }
     }
 
@@ -210,7 +262,12 @@ impl Kernel {
     pub fn is_face(self) -> bool {
         matches!(
             self,
-            Kernel::FaceConv | Kernel::FacePool | Kernel::FaceShortcut | Kernel::FaceHead
+            Kernel::FaceConv
+                | Kernel::FacePool
+                | Kernel::FaceShortcut
+                | Kernel::FaceHead
+                | Kernel::FaceDepthwise
+                | Kernel::LandmarkHead
         )
     }
 
@@ -226,6 +283,8 @@ impl Kernel {
             Kernel::FacePool => ("", &[FACE_POOL]),
             Kernel::FaceShortcut => ("", &[FACE_SHORTCUT]),
             Kernel::FaceHead => ("", &[FACE_HEAD]),
+            Kernel::FaceDepthwise => ("", &[FACE_DEPTHWISE]),
+            Kernel::LandmarkHead => ("", &[LANDMARK_HEAD]),
         };
         let mut source = String::from(enables);
         source.push_str(&prelude());

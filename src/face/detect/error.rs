@@ -1,5 +1,6 @@
 //! Errors of face detection and landmarking.
 
+use crate::engine::gpu::GpuError;
 use crate::face::model::ModelError;
 
 /// Why faces could not be detected or landmarked in an image.
@@ -47,4 +48,12 @@ pub enum DetectError {
     /// The weights are missing a tensor or have one of the wrong shape.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The GPU networks could not be set up or failed to run (no adapter, device lost,
+    /// submission failed, out of device memory, a kernel left an output unwritten). The CPU
+    /// networks compute the same faces: fail over to them.
+    #[error("GPU face detector: {source}")]
+    Gpu {
+        /// What the GPU path reported.
+        source: GpuError,
+    },
 }

@@ -242,59 +242,66 @@ impl LandmarkNet {
         image: &RgbImage,
         detections: &[Detection],
     ) -> Result<Vec<Result<FaceLandmarks, DetectError>>, DetectError> {
-        let crops: Vec<Option<Crop>> = detections.iter().map(|d| crop_of(image, d)).collect();
-        let valid: Vec<Crop> = crops.iter().flatten().copied().collect();
-        let mut found = Vec::with_capacity(valid.len());
-        for pass in valid.chunks(MAX_FACES_PER_PASS) {
-            found.extend(self.run(image, pass));
+        let crops = FaceCrops::new(image, detections);
+        let mut inputs = Vec::new();
+        crops.inputs_into(image, &mut inputs);
+        let mut outputs = Vec::with_capacity(crops.len() * LANDMARK_OUTPUTS);
+        for pass in inputs.chunks(MAX_FACES_PER_PASS * LANDMARK_INPUT_LEN) {
+            outputs.extend(self.forward(pass));
         }
-        let mut found = found.into_iter();
-        let empty = || DetectError::EmptyFaceCrop {
-            image_width: image.width(),
-            image_height: image.height(),
-        };
-        Ok(crops
-            .iter()
-            .map(|crop| match crop {
-                Some(_) => found.next().ok_or_else(empty),
-                None => Err(empty()),
-            })
-            .collect())
+        Ok(crops.landmarks(&outputs))
     }
 
-    /// Landmarks of `crops` (all non-empty), one network pass.
-    fn run(&self, image: &RgbImage, crops: &[Crop]) -> Vec<FaceLandmarks> {
+    /// The network's raw outputs for every face of `inputs` (faces of
+    /// [`LANDMARK_INPUT_LEN`] normalised values back to back), run through each layer
+    /// together: [`LANDMARK_OUTPUTS`] values a face, (x, y) of the 68 points relative to the
+    /// padded square crop.
+    pub fn forward(&self, inputs: &[f32]) -> Vec<f32> {
         let side = LANDMARK_INPUT_SIZE;
-        let per_face = side * side * 3;
-        let mut values = vec![0.0f32; crops.len() * per_face];
-        values
-            .par_chunks_mut(per_face)
-            .zip(crops)
-            .for_each(|(dst, crop)| {
-                let region = (crop.x, crop.y, crop.width, crop.height);
-                let mut resized = Vec::with_capacity(per_face);
-                PaddedSquare::new(image, region, Padding::Centred).resize_into(side, &mut resized);
-                // normalize(x, mean).div(255): two f32 operations.
-                for (d, (v, c)) in dst.iter_mut().zip(resized.iter().zip((0..3).cycle())) {
-                    *d = (v - MEAN_RGB[c]) / 255.0;
-                }
-            });
+        let n = inputs.len() / LANDMARK_INPUT_LEN;
+        if n == 0 {
+            return Vec::new();
+        }
         let mut x = Activations {
-            n: crops.len(),
+            n,
             h: side,
             w: side,
             c: 3,
-            data: values,
+            data: inputs[..n * LANDMARK_INPUT_LEN].to_vec(),
         };
         for block in &self.blocks {
             x = block.forward(&x);
         }
         let features = average_pool(&x);
-        crops
-            .iter()
-            .zip(features.chunks_exact(x.c))
-            .map(|(crop, f)| to_image(*crop, &self.fully_connected(f)))
+        features
+            .chunks_exact(x.c)
+            .flat_map(|f| self.fully_connected(f))
             .collect()
+    }
+
+    /// The dense blocks as the GPU uploads them: per block, the entry convolution (a full one,
+    /// or a depthwise-separable pair) and the separable convolutions after it.
+    pub(crate) fn gpu_blocks(&self) -> Vec<(EntryLayers<'_>, Vec<(&Depthwise, &Conv)>)> {
+        self.blocks
+            .iter()
+            .map(|block| {
+                let entry = match &block.entry {
+                    Entry::Full(conv) => EntryLayers::Full(conv),
+                    Entry::Separable(s) => EntryLayers::Separable(&s.depthwise, &s.pointwise),
+                };
+                let convs = block
+                    .convs
+                    .iter()
+                    .map(|s| (&s.depthwise, &s.pointwise))
+                    .collect();
+                (entry, convs)
+            })
+            .collect()
+    }
+
+    /// The fully connected layer: `[features, 136]` row-major, and its bias.
+    pub(crate) fn fc(&self) -> (&[f32], &[f32]) {
+        (&self.fc, &self.fc_bias)
     }
 
     /// `features · fc + bias`.
@@ -310,6 +317,92 @@ impl LandmarkNet {
             *o += b;
         }
         out
+    }
+}
+
+/// The entry convolution of a dense block, borrowed for the GPU's upload.
+pub(crate) enum EntryLayers<'a> {
+    /// A full 3×3 stride-2 convolution (the first block).
+    Full(&'a Conv),
+    /// A stride-2 depthwise convolution and a 1×1 one (the others).
+    Separable(&'a Depthwise, &'a Conv),
+}
+
+/// The landmark network's inputs for the detections of `image` that have a crop (a pixel
+/// inside the image), back to back, as [`LandmarkNet::landmarks_batch`] builds them: for
+/// [`LandmarkNet::forward`] and the GPU's.
+pub fn landmark_inputs(image: &RgbImage, detections: &[Detection]) -> Vec<f32> {
+    let mut inputs = Vec::new();
+    FaceCrops::new(image, detections).inputs_into(image, &mut inputs);
+    inputs
+}
+
+/// Values of one face of the landmark network's input: [`LANDMARK_INPUT_SIZE`]² × 3.
+pub const LANDMARK_INPUT_LEN: usize = LANDMARK_INPUT_SIZE * LANDMARK_INPUT_SIZE * 3;
+
+/// The crops of one image's detections, as the landmark network takes them, and the way back
+/// from its outputs to landmarks in image pixels. Shared by every backend: only the forward
+/// pass differs between them.
+pub(crate) struct FaceCrops {
+    /// One per detection; `None` where the box has no pixel inside the image.
+    crops: Vec<Option<Crop>>,
+    image_size: (u32, u32),
+}
+
+impl FaceCrops {
+    /// The crops of `detections` in `image`.
+    pub fn new(image: &RgbImage, detections: &[Detection]) -> Self {
+        Self {
+            crops: detections.iter().map(|d| crop_of(image, d)).collect(),
+            image_size: (image.width(), image.height()),
+        }
+    }
+
+    /// Crops that go through the network (those with pixels inside the image).
+    pub fn len(&self) -> usize {
+        self.crops.iter().flatten().count()
+    }
+
+    /// Appends the network's input for each crop of [`Self::len`] to `dst`, in order.
+    pub fn inputs_into(&self, image: &RgbImage, dst: &mut Vec<f32>) {
+        let side = LANDMARK_INPUT_SIZE;
+        let valid: Vec<Crop> = self.crops.iter().flatten().copied().collect();
+        let at = dst.len();
+        dst.resize(at + valid.len() * LANDMARK_INPUT_LEN, 0.0);
+        dst[at..]
+            .par_chunks_mut(LANDMARK_INPUT_LEN)
+            .zip(&valid)
+            .for_each(|(dst, crop)| {
+                let region = (crop.x, crop.y, crop.width, crop.height);
+                let mut resized = Vec::with_capacity(LANDMARK_INPUT_LEN);
+                PaddedSquare::new(image, region, Padding::Centred).resize_into(side, &mut resized);
+                // normalize(x, mean).div(255): two f32 operations.
+                for (d, (v, c)) in dst.iter_mut().zip(resized.iter().zip((0..3).cycle())) {
+                    *d = (v - MEAN_RGB[c]) / 255.0;
+                }
+            });
+    }
+
+    /// The landmarks of every detection from `outputs`, the network's outputs for the crops of
+    /// [`Self::len`] in order; [`DetectError::EmptyFaceCrop`] for a detection without a crop
+    /// (or, defensively, without an output).
+    pub fn landmarks(&self, outputs: &[f32]) -> Vec<Result<FaceLandmarks, DetectError>> {
+        let mut outputs = outputs.chunks_exact(LANDMARK_OUTPUTS);
+        let (image_width, image_height) = self.image_size;
+        let empty = || DetectError::EmptyFaceCrop {
+            image_width,
+            image_height,
+        };
+        self.crops
+            .iter()
+            .map(|crop| match crop {
+                Some(crop) => outputs
+                    .next()
+                    .map(|output| to_image(*crop, output))
+                    .ok_or_else(empty),
+                None => Err(empty()),
+            })
+            .collect()
     }
 }
 

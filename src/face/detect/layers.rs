@@ -130,6 +130,31 @@ impl Conv {
         }
     }
 
+    /// Side of the square kernel.
+    pub fn kernel(&self) -> usize {
+        self.kernel
+    }
+
+    /// Stride along both axes.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    /// The folded filters, `[kernel, kernel, c_in, c_out]` row-major (the GPU uploads these).
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// The folded bias, `c_out` values.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
     /// Runs the convolution on `x`, adds the bias and applies `activation`.
     pub fn forward(&self, x: &Activations, activation: Activation) -> Activations {
         debug_assert_eq!(x.c, self.c_in);
@@ -256,6 +281,26 @@ impl Depthwise {
             weights,
             bias,
         }
+    }
+
+    /// Stride along both axes.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Channels in and out.
+    pub fn channels(&self) -> usize {
+        self.c
+    }
+
+    /// The folded filters, `[3, 3, c]` row-major (the GPU uploads these).
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// The folded bias, `c` values.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
     }
 
     /// Runs the convolution on `x`, adds the bias and applies `activation`.

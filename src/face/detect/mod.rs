@@ -6,6 +6,7 @@
 //! - [`LandmarkNet`]: the full 68-point landmark network ([`landmarks`]).
 //! - [`FaceFinder`]: both, detection then landmarks for every face of an image.
 //! - [`store`]: their weights in the HDF5 model file beside the descriptor network's.
+//! - [`gpu`]: both networks' forward passes in WGSL ([`GpuFaceFinder`]), the rest shared.
 //!
 //! Both networks run in the current rayon pool (call them inside `pool.install` to choose
 //! the threads); 1×1 convolutions and im2col'd full convolutions are `gemm` products, 3×3
@@ -15,9 +16,12 @@
 //!
 //! - The tiny landmark net ([`LandmarkNet::new_tiny`]) runs, for comparison, but has no group
 //!   in the model file; the tiny detector (TinyYolov2-style) is not ported.
-//! - One image per detector pass; several faces of one image do share a landmark pass.
+//! - On the CPU, one image per detector pass; several faces of one image do share a landmark
+//!   pass. On the GPU, several frames share a detector pass and all their faces a landmark
+//!   pass, when the caller hands them over together.
 
 pub mod boxes;
+pub mod gpu;
 pub mod landmarks;
 pub mod ssd;
 pub mod store;
@@ -28,9 +32,16 @@ mod layers;
 mod spec;
 
 pub use error::DetectError;
-pub use landmarks::{FaceLandmarks, LANDMARK_INPUT_SIZE, LandmarkNet};
-pub use spec::{detector_tensor_specs, landmark_tensor_specs, tiny_landmark_tensor_specs};
-pub use ssd::{DETECTOR_INPUT_SIZE, Detector, DetectorOptions};
+pub use gpu::{GpuDetector, GpuFaceFinder, GpuLandmarkNet};
+pub use landmarks::{
+    FaceLandmarks, LANDMARK_INPUT_LEN, LANDMARK_INPUT_SIZE, LandmarkNet, landmark_inputs,
+};
+pub use spec::{
+    LANDMARK_OUTPUTS, detector_tensor_specs, landmark_tensor_specs, tiny_landmark_tensor_specs,
+};
+pub use ssd::{
+    DETECTOR_INPUT_LEN, DETECTOR_INPUT_SIZE, Detector, DetectorOptions, SsdOutputs, detector_input,
+};
 pub use store::{DetectionWeights, import_tfjs_with_detection, load_detection};
 
 use crate::face::preprocess::RgbImage;
@@ -109,16 +120,25 @@ impl FaceFinder {
     pub fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, DetectError> {
         let detections = self.detector.detect(image)?;
         let landmarks = self.landmark_net.landmarks_batch(image, &detections)?;
-        Ok(detections
-            .into_iter()
-            .zip(landmarks)
-            .filter_map(|(detection, landmarks)| {
-                let landmarks = landmarks.ok()?;
-                Some(FoundFace {
-                    detection,
-                    landmarks,
-                })
-            })
-            .collect())
+        Ok(found_faces(detections, landmarks))
     }
+}
+
+/// The faces of `detections` that got `landmarks` (a detection without a crop has none, and is
+/// dropped as the reference drops it).
+fn found_faces(
+    detections: Vec<Detection>,
+    landmarks: Vec<Result<FaceLandmarks, DetectError>>,
+) -> Vec<FoundFace> {
+    detections
+        .into_iter()
+        .zip(landmarks)
+        .filter_map(|(detection, landmarks)| {
+            let landmarks = landmarks.ok()?;
+            Some(FoundFace {
+                detection,
+                landmarks,
+            })
+        })
+        .collect()
 }

@@ -51,7 +51,7 @@ pub(crate) const DENSE_BLOCKS: [(usize, usize); 4] = [(3, 32), (32, 64), (64, 12
 pub(crate) const TINY_DENSE_BLOCKS: [(usize, usize); 3] = [(3, 32), (32, 64), (64, 128)];
 
 /// The landmark network's output: 68 (x, y) pairs.
-pub(crate) const LANDMARK_OUTPUTS: usize = 136;
+pub const LANDMARK_OUTPUTS: usize = 136;
 
 /// Every tensor of `ssd_mobilenetv1_model` that the detector uses, with its shape.
 pub fn detector_tensor_specs() -> Vec<(String, Vec<usize>)> {

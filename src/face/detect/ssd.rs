@@ -176,6 +176,17 @@ impl Detector {
 
     /// The faces in `image`, strongest first (the reference's order), boxes in image pixels.
     pub fn detect(&self, image: &RgbImage) -> Result<Vec<Detection>, DetectError> {
+        let frame = self.frame(image)?;
+        let outputs = self
+            .forward(&detector_input(image))
+            .pop()
+            .unwrap_or_else(|| unreachable!("one output per input frame"));
+        Ok(self.detections(&frame, &outputs))
+    }
+
+    /// Checks that `image` is one the detector takes and notes where it lies in the padded
+    /// square. Every backend calls this before its forward pass.
+    pub(crate) fn frame(&self, image: &RgbImage) -> Result<Frame, DetectError> {
         let (width, height) = (image.width(), image.height());
         let pixels = u64::from(width) * u64::from(height);
         if pixels > self.options.max_image_pixels {
@@ -193,55 +204,28 @@ impl Detector {
         if reshaped_width < 1.0 || reshaped_height < 1.0 {
             return Err(DetectError::ImageShape { width, height });
         }
-
-        let (boxes, scores) = self.forward(image);
-        let kept = non_max_suppression(
-            &boxes,
-            &scores,
-            self.options.max_results,
-            IOU_THRESHOLD,
-            self.options.min_confidence,
-        );
-        let (pad_x, pad_y) = (size / reshaped_width, size / reshaped_height);
-        let (w, h) = (f64::from(width), f64::from(height));
-        Ok(kept
-            .into_iter()
-            .filter_map(|i| {
-                let [y0, x0, y1, x1] = boxes[i].map(f64::from);
-                let (top, bottom) = (y0.max(0.0) * pad_y, y1.min(1.0) * pad_y);
-                let (left, right) = (x0.max(0.0) * pad_x, x1.min(1.0) * pad_x);
-                let detection = Detection {
-                    x: left * w,
-                    y: top * h,
-                    width: (right - left) * w,
-                    height: (bottom - top) * h,
-                    score: scores[i],
-                };
-                // The reference throws on a box of negative size (one lying wholly outside the
-                // unit square); such a box is dropped here instead.
-                let finite = [detection.x, detection.y, detection.width, detection.height]
-                    .iter()
-                    .all(|v| v.is_finite());
-                (finite && detection.width >= 0.0 && detection.height >= 0.0).then_some(detection)
-            })
-            .collect())
+        Ok(Frame {
+            width,
+            height,
+            reshaped: (reshaped_width, reshaped_height),
+        })
     }
 
-    /// Decoded boxes (unit coordinates of the padded square) and scores of every anchor.
-    fn forward(&self, image: &RgbImage) -> (Vec<UnitBox>, Vec<f32>) {
+    /// The network's raw outputs for every frame of `inputs`: frames of
+    /// [`DETECTOR_INPUT_SIZE`]² × 3 normalised values back to back, as [`detector_input`]
+    /// makes them. All frames go through each layer together.
+    pub fn forward(&self, inputs: &[f32]) -> Vec<SsdOutputs> {
         let side = DETECTOR_INPUT_SIZE;
-        let mut values = Vec::new();
-        PaddedSquare::whole(image).resize_into(side, &mut values);
-        // tf.sub(tf.div(x, 127.5), 1): two f32 operations.
-        for v in &mut values {
-            *v = *v / 127.5 - 1.0;
+        let n = inputs.len() / DETECTOR_INPUT_LEN;
+        if n == 0 {
+            return Vec::new();
         }
         let input = Activations {
-            n: 1,
+            n,
             h: side,
             w: side,
             c: 3,
-            data: values,
+            data: inputs[..n * DETECTOR_INPUT_LEN].to_vec(),
         };
 
         let mut x = self.stem.forward(&input, Activation::Relu6);
@@ -263,28 +247,143 @@ impl Detector {
         // The predictors' inputs: conv 11, the last pair, and every second extra layer.
         let sources = [&conv11, &x, &extra[1], &extra[3], &extra[5], &extra[7]];
 
-        let mut boxes = Vec::with_capacity(ANCHOR_COUNT);
-        let mut scores = Vec::with_capacity(ANCHOR_COUNT);
+        let mut outputs = SsdOutputs::for_frames(n);
         for (predictor, source) in self.predictors.iter().zip(sources) {
             let encodings = predictor.encodings.forward(source, Activation::Identity);
             let classes = predictor.classes.forward(source, Activation::Identity);
-            // Per cell, per anchor: 4 encoding values and 3 class values (background, face,
-            // and one the reference ignores); anchors follow cells in row-major order.
-            for (encoding, class) in encodings
-                .data
-                .chunks_exact(4)
-                .zip(classes.data.chunks_exact(3))
-            {
-                let anchor = self.anchors[boxes.len()];
-                boxes.push(decode_box(
-                    anchor,
-                    [encoding[0], encoding[1], encoding[2], encoding[3]],
-                ));
-                scores.push(sigmoid(class[1]));
+            let per_frame = (encodings.data.len() / n, classes.data.len() / n);
+            for (b, out) in outputs.iter_mut().enumerate() {
+                let encodings = &encodings.data[b * per_frame.0..(b + 1) * per_frame.0];
+                let classes = &classes.data[b * per_frame.1..(b + 1) * per_frame.1];
+                // Per cell, per anchor: 4 encoding values and 3 class values; anchors follow
+                // cells in row-major order.
+                for (encoding, class) in encodings.chunks_exact(4).zip(classes.chunks_exact(3)) {
+                    out.push(encoding, class);
+                }
             }
         }
-        debug_assert_eq!(boxes.len(), ANCHOR_COUNT);
-        (boxes, scores)
+        debug_assert!(outputs.iter().all(|o| o.scores.len() == ANCHOR_COUNT));
+        outputs
+    }
+
+    /// The box predictors' two 1×1 convolutions each, (encodings, classes), in order, for the
+    /// GPU to upload.
+    pub(crate) fn predictor_convs(&self) -> impl Iterator<Item = (&Conv, &Conv)> {
+        self.predictors.iter().map(|p| (&p.encodings, &p.classes))
+    }
+
+    /// The stem, the 13 (depthwise, pointwise) pairs and the 8 extra layers, for the GPU to
+    /// upload.
+    pub(crate) fn layers(&self) -> (&Conv, &[(Depthwise, Conv)], &[Conv]) {
+        (&self.stem, &self.pairs, &self.extra)
+    }
+
+    /// The faces of `frame` from the network's `outputs` for it: boxes decoded against the
+    /// anchors, non-max suppression, boxes scaled back to image pixels. Shared by every
+    /// backend: only the forward pass differs between them.
+    pub(crate) fn detections(&self, frame: &Frame, outputs: &SsdOutputs) -> Vec<Detection> {
+        let boxes: Vec<UnitBox> = outputs
+            .box_encodings
+            .iter()
+            .zip(&self.anchors)
+            .map(|(&encoding, &anchor)| decode_box(anchor, encoding))
+            .collect();
+        let scores = &outputs.scores;
+        let kept = non_max_suppression(
+            &boxes,
+            scores,
+            self.options.max_results,
+            IOU_THRESHOLD,
+            self.options.min_confidence,
+        );
+        let size = DETECTOR_INPUT_SIZE as f64;
+        let (reshaped_width, reshaped_height) = frame.reshaped;
+        let (pad_x, pad_y) = (size / reshaped_width, size / reshaped_height);
+        let (w, h) = (f64::from(frame.width), f64::from(frame.height));
+        kept.into_iter()
+            .filter_map(|i| {
+                let [y0, x0, y1, x1] = boxes[i].map(f64::from);
+                let (top, bottom) = (y0.max(0.0) * pad_y, y1.min(1.0) * pad_y);
+                let (left, right) = (x0.max(0.0) * pad_x, x1.min(1.0) * pad_x);
+                let detection = Detection {
+                    x: left * w,
+                    y: top * h,
+                    width: (right - left) * w,
+                    height: (bottom - top) * h,
+                    score: scores[i],
+                };
+                // The reference throws on a box of negative size (one lying wholly outside the
+                // unit square); such a box is dropped here instead.
+                let finite = [detection.x, detection.y, detection.width, detection.height]
+                    .iter()
+                    .all(|v| v.is_finite());
+                (finite && detection.width >= 0.0 && detection.height >= 0.0).then_some(detection)
+            })
+            .collect()
+    }
+}
+
+/// Values of one frame of the detector's input: [`DETECTOR_INPUT_SIZE`]² × 3.
+pub const DETECTOR_INPUT_LEN: usize = DETECTOR_INPUT_SIZE * DETECTOR_INPUT_SIZE * 3;
+
+/// The detector's input for `image`: padded with zeros after to a square, bilinear-resized to
+/// [`DETECTOR_INPUT_SIZE`]², scaled to -1..1; NHWC, [`DETECTOR_INPUT_LEN`] values.
+pub fn detector_input(image: &RgbImage) -> Vec<f32> {
+    let mut values = Vec::with_capacity(DETECTOR_INPUT_LEN);
+    PaddedSquare::whole(image).resize_into(DETECTOR_INPUT_SIZE, &mut values);
+    // tf.sub(tf.div(x, 127.5), 1): two f32 operations.
+    for v in &mut values {
+        *v = *v / 127.5 - 1.0;
+    }
+    values
+}
+
+/// An image the detector accepted: its size, and the size it has inside the padded square.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Frame {
+    width: u32,
+    height: u32,
+    reshaped: (f64, f64),
+}
+
+/// The detector network's raw outputs for one frame, before decoding and non-max suppression:
+/// for each of the [`ANCHOR_COUNT`] anchors (cells in row-major order, the anchors of a cell
+/// together, the six feature maps in turn), its box encoding and its face score.
+///
+/// `Debug` shows the counts only: the encodings locate faces.
+#[derive(Clone, PartialEq)]
+pub struct SsdOutputs {
+    /// `[ty, tx, th, tw]` of each anchor: centre offsets and log sizes relative to it.
+    pub box_encodings: Vec<[f32; 4]>,
+    /// The sigmoid of each anchor's face logit.
+    pub scores: Vec<f32>,
+}
+
+impl std::fmt::Debug for SsdOutputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SsdOutputs({} anchors, redacted)", self.scores.len())
+    }
+}
+
+impl SsdOutputs {
+    fn with_capacity() -> Self {
+        Self {
+            box_encodings: Vec::with_capacity(ANCHOR_COUNT),
+            scores: Vec::with_capacity(ANCHOR_COUNT),
+        }
+    }
+
+    /// Appends one anchor from its 4 encoding values and its 3 class logits (background,
+    /// face, and one the reference ignores).
+    pub(crate) fn push(&mut self, encoding: &[f32], class: &[f32]) {
+        self.box_encodings
+            .push([encoding[0], encoding[1], encoding[2], encoding[3]]);
+        self.scores.push(sigmoid(class[1]));
+    }
+
+    /// Outputs of the anchors of `frames` frames, each with room for every anchor.
+    pub(crate) fn for_frames(frames: usize) -> Vec<Self> {
+        (0..frames).map(|_| Self::with_capacity()).collect()
     }
 }
 

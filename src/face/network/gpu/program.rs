@@ -10,7 +10,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::DeviceConv;
-use crate::engine::gpu::shaders::{FACE_TILE_CHANNELS, FACE_TILE_PIXELS, Kernel, WORKGROUP_SIZE};
+use crate::engine::gpu::shaders::{
+    ConvParams, FACE_TILE_CHANNELS, FACE_TILE_PIXELS, FLAG_RELU, FLAG_SHORTCUT, Kernel,
+    WORKGROUP_SIZE,
+};
 use crate::face::model::{ARCHITECTURE, BlockKind, ConvSpec, HEAD_IN, INPUT_SIZE};
 
 /// Where an operation reads or writes: the crops, one of three activation buffers, or the
@@ -68,24 +71,6 @@ pub(super) enum Op {
     },
 }
 
-/// `ConvParams` of face_conv.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct ConvParams {
-    faces: u32,
-    in_h: u32,
-    in_w: u32,
-    in_c: u32,
-    out_h: u32,
-    out_w: u32,
-    out_c: u32,
-    kernel: u32,
-    stride: u32,
-    pad: u32,
-    flags: u32,
-    unused: u32,
-}
-
 /// `PoolParams` of face_pool.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -124,9 +109,6 @@ struct HeadParams {
     pixels: u32,
     unused: [u32; 2],
 }
-
-const FLAG_RELU: u32 = 1;
-const FLAG_SHORTCUT: u32 = 2;
 
 /// Largest parameter block of any kernel, in bytes.
 pub(super) const MAX_PARAMS_BYTES: u64 = 48;
