@@ -10,8 +10,8 @@
 //! So "enrolled" means durable and already matchable, and "erased" means gone from both.
 //!
 //! A face image in a request becomes a template before anything else happens: on a blocking
-//! thread it is decoded, its face located (the gate's landmarks, or the appliance's detector)
-//! and judged ([`crate::face::capture`]: a capture that would spoil matching is refused with
+//! thread it is decoded, its face located (the gate's landmarks, or the appliance's detector,
+//! which takes the frames of every gate in shared passes through [`FindBatcher`]) and judged ([`crate::face::capture`]: a capture that would spoil matching is refused with
 //! `POOR_CAPTURE` and the reasons, before anything is stored); its crop is batched with other
 //! gates' faces through the descriptor network ([`FaceBatcher`]); and the descriptor then goes
 //! the way a template sent by the gate would, as a template of the face model. What was
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::engine::Backend;
 use crate::engine::Measure;
-use crate::engine::batcher::{BatchError, Batcher, FaceBatcher, Job, JobOutput};
+use crate::engine::batcher::{BatchError, Batcher, FaceBatcher, FindBatcher, Job, JobOutput};
 use crate::face::capture::{self, Capture, CaptureError, FindFaces, Region};
 use crate::face::preprocess::{DecodeLimits, FaceBatch, Point, decode_image};
 use crate::face::quality::{CaptureIssue, QualityPolicy};
@@ -113,6 +113,7 @@ impl From<CaptureError> for Refusal {
                 tracing::error!(error = %e, "face detector could not run");
                 Refusal::new(Reason::Internal, "face detection failed")
             }
+            CaptureError::Queue(e) => e.into(),
         }
     }
 }
@@ -185,7 +186,11 @@ impl Appliance {
             .zip(face)
             .map(|(config, networks)| Faces {
                 batcher: FaceBatcher::start(config.batch(), networks.embedder),
-                finder: networks.finder,
+                // Frames from every gate share the detector's passes, as crops share the
+                // descriptor network's.
+                finder: networks.finder.map(|finder| {
+                    Arc::new(FindBatcher::start(config.batch(), finder)) as Arc<dyn FindFaces>
+                }),
                 model_id: config.model_id.clone(),
                 limits: config.decode_limits(),
                 quality: Arc::new(config.quality.clone()),

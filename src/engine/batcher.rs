@@ -1,11 +1,13 @@
 //! The dynamic batcher between the server and the engine.
 //!
-//! The engine does two kinds of work, each with its own lane: [`Batcher`] scores probes
-//! against the gallery, [`FaceBatcher`] runs face crops through the descriptor network. In
-//! both, requests from every gate go into one bounded queue; a worker thread takes the oldest,
+//! The engine does three kinds of work, each with its own lane: [`Batcher`] scores probes
+//! against the gallery, [`FindBatcher`] finds the faces in whole frames (detector, then
+//! landmarks), [`FaceBatcher`] runs face crops through the descriptor network. In each,
+//! requests from every gate go into one bounded queue; a worker thread takes the oldest,
 //! gathers more until the batch is full or the oldest has waited its budget, and runs the
 //! batch at once: every 1:N probe of a model in a single pass over that model's shard, every
-//! face in one pass through the network. The queue never grows past its bound: a full queue
+//! frame in one detector pass (on a GPU; the CPU finder takes them in turn), every face in one
+//! pass through the network. The queue never grows past its bound: a full queue
 //! answers [`BatchError::Busy`] at once, and a request whose deadline passed while it waited
 //! is answered [`BatchError::DeadlineExceeded`] without being computed.
 //!
@@ -25,7 +27,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{Backend, Candidate, EngineError};
-use crate::face::preprocess::FaceBatch;
+use crate::face::capture::{CaptureError, FindFaces, FoundBatch};
+use crate::face::detect::FoundFace;
+use crate::face::preprocess::{FaceBatch, RgbImage};
 use crate::face::{Descriptor, Embedder};
 use crate::gallery::{Gallery, PersonIndex, Shard};
 use crate::metrics;
@@ -522,6 +526,108 @@ impl FaceBatcher {
     }
 }
 
+/// One frame waiting for the face detector.
+struct FindWork {
+    image: RgbImage,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<FoundFace>, CaptureError>>,
+}
+
+/// The face finder behind a lane: frames from every gate are gathered and found together
+/// ([`FindFaces::find_batch`]), so that a GPU finder runs several gates' frames in one pass.
+/// It is itself a [`FindFaces`]: a caller on a blocking thread hands it one frame and waits.
+pub struct FindBatcher {
+    lane: Lane<FindWork>,
+}
+
+impl std::fmt::Debug for FindBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FindBatcher")
+            .field("capacity", &self.lane.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FindBatcher {
+    /// Starts the worker thread over `finder`.
+    pub fn start(config: BatchConfig, finder: Arc<dyn FindFaces>) -> Self {
+        let (queue, incoming) = mpsc::sync_channel(config.queue_capacity);
+        let lane = Lane {
+            queue,
+            depth: Arc::new(AtomicUsize::new(0)),
+            capacity: config.queue_capacity,
+        };
+        let depth = Arc::clone(&lane.depth);
+        thread::Builder::new()
+            .name("gatematch-find".into())
+            .spawn(move || {
+                while let Some(batch) = gather(&incoming, &config, |w: &FindWork| w.enqueued) {
+                    depth.fetch_sub(batch.len(), Ordering::Relaxed);
+                    find_batch(finder.as_ref(), batch);
+                }
+            })
+            .expect("spawning the find thread at start-up");
+        FindBatcher { lane }
+    }
+
+    /// Frames waiting now.
+    pub fn queue_depth(&self) -> usize {
+        self.lane.depth.load(Ordering::Relaxed)
+    }
+}
+
+impl FindFaces for FindBatcher {
+    /// Queues a copy of `image` and blocks until its faces are found. Call it from a thread
+    /// that may block (the appliance calls it on tokio's blocking pool).
+    fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
+        let (reply, answer) = oneshot::channel();
+        self.lane.push(FindWork {
+            image: image.clone(),
+            enqueued: Instant::now(),
+            reply,
+        })?;
+        answer
+            .blocking_recv()
+            .unwrap_or(Err(CaptureError::Queue(BatchError::Stopped)))
+    }
+}
+
+/// Finds the faces of one gathered batch of frames and answers each.
+fn find_batch(finder: &dyn FindFaces, batch: Vec<FindWork>) {
+    let images: Vec<&RgbImage> = batch.iter().map(|w| &w.image).collect();
+    let found: Result<FoundBatch, CaptureError> = finder.find_batch(&images);
+    match found {
+        Ok(results) if results.len() == batch.len() => {
+            for (work, result) in batch.into_iter().zip(results) {
+                let _ = work.reply.send(result);
+            }
+        }
+        Ok(results) => {
+            tracing::error!(
+                frames = batch.len(),
+                answers = results.len(),
+                "the face finder answered a different number of frames than it was given"
+            );
+            for work in batch {
+                let reason = "face finder lost a frame".to_owned();
+                let _ = work
+                    .reply
+                    .send(Err(CaptureError::Queue(BatchError::Engine(reason))));
+            }
+        }
+        Err(e) => {
+            // A failure of the whole batch (every device gone): each frame hears it.
+            tracing::error!(error = %e, frames = batch.len(), "face finder failed on a batch");
+            for work in batch {
+                let reason = format!("face finder failed: {e}");
+                let _ = work
+                    .reply
+                    .send(Err(CaptureError::Queue(BatchError::Engine(reason))));
+            }
+        }
+    }
+}
+
 /// Runs one gathered batch of faces through `embedder` and answers each.
 fn embed_batch(embedder: &dyn Embedder, faces: &mut FaceBatch, batch: Vec<FaceWork>) {
     let started = Instant::now();
@@ -804,5 +910,69 @@ mod tests {
             );
         }
         release_all.await.unwrap();
+    }
+
+    /// Answers each frame by its width (an even width has no face, an odd one is refused) and
+    /// records how many frames each call was given.
+    struct RecordingFinder(std::sync::Mutex<Vec<usize>>);
+
+    impl FindFaces for RecordingFinder {
+        fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
+            self.find_batch(&[image])?.remove(0)
+        }
+
+        fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
+            self.0.lock().unwrap().push(images.len());
+            // Long enough that frames sent meanwhile gather behind this batch.
+            thread::sleep(Duration::from_millis(50));
+            Ok(images
+                .iter()
+                .map(|image| match image.width() % 2 {
+                    0 => Ok(Vec::new()),
+                    _ => Err(CaptureError::NoDetector),
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_from_many_gates_share_a_detector_pass_and_each_gets_its_own_faces() {
+        let recording = Arc::new(RecordingFinder(Default::default()));
+        let config = BatchConfig {
+            max_batch: 4,
+            max_wait: Duration::from_millis(200),
+            queue_capacity: 64,
+        };
+        let finder = Arc::new(FindBatcher::start(config, recording.clone()));
+        // Six gates send a frame each at once, from blocking threads as the appliance does.
+        let gates: Vec<_> = (1..=6u32)
+            .map(|width| {
+                let finder = Arc::clone(&finder);
+                tokio::task::spawn_blocking(move || {
+                    let frame = RgbImage::from_raw(width, 1, vec![0; 3 * width as usize]).unwrap();
+                    finder.find(&frame)
+                })
+            })
+            .collect();
+        for (i, gate) in gates.into_iter().enumerate() {
+            let width = i + 1;
+            match gate.await.unwrap() {
+                Ok(faces) => assert!(width % 2 == 0 && faces.is_empty(), "frame {width}"),
+                Err(CaptureError::NoDetector) => assert!(width % 2 == 1, "frame {width}"),
+                Err(e) => panic!("frame {width}: {e}"),
+            }
+        }
+        let passes = recording.0.lock().unwrap().clone();
+        assert_eq!(
+            passes.iter().sum::<usize>(),
+            6,
+            "every frame found once: {passes:?}"
+        );
+        assert!(passes.len() < 6, "frames shared passes: {passes:?}");
+        assert!(
+            passes.iter().all(|&n| n <= 4),
+            "no pass over max_batch: {passes:?}"
+        );
+        assert_eq!(finder.queue_depth(), 0);
     }
 }

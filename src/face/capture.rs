@@ -246,6 +246,9 @@ pub enum CaptureError {
         /// The pool's error.
         reason: String,
     },
+    /// The frame could not be queued for the detector (its queue is full, or it stopped).
+    #[error("face detection queue: {0}")]
+    Queue(#[from] crate::engine::batcher::BatchError),
 }
 
 /// Examines one capture: locates the face per `region` (with `finder` for [`Region::Find`]),
