@@ -194,7 +194,55 @@ impl Winograd {
         stride: usize,
         scratch: &mut Scratch,
     ) {
-        self.transform_inputs_body(x, geometry, block, stride, scratch);
+        use std::arch::x86_64::*;
+        let c = self.c_in;
+        if c % 8 != 0 {
+            self.transform_inputs_body(x, geometry, block, stride, scratch);
+            return;
+        }
+        let zeros = &scratch.zeros[..c];
+        let inputs = &mut scratch.inputs[..POSITIONS * stride * c];
+        for (local, patch) in block.enumerate() {
+            let (b, ty, tx) = geometry.patch(patch);
+            let d: [&[f32]; POSITIONS] = std::array::from_fn(|k| {
+                let (iy, ix) = (
+                    (2 * ty + k / 4).wrapping_sub(1),
+                    (2 * tx + k % 4).wrapping_sub(1),
+                );
+                if iy < x.h && ix < x.w {
+                    let at = x.index(b, iy, ix);
+                    &x.data[at..at + c]
+                } else {
+                    zeros
+                }
+            });
+            // Eight channels at a time, the whole patch in registers: the same additions as
+            // the portable body, in the same order.
+            for ch in (0..c).step_by(8) {
+                // SAFETY: every slice of `d` holds `c` values and `ch + 8 <= c`; each store
+                // lands in row `local < stride` of a position's plane, inside `inputs`.
+                unsafe {
+                    let v: [__m256; POSITIONS] =
+                        std::array::from_fn(|k| _mm256_loadu_ps(d[k].as_ptr().add(ch)));
+                    let mut e = [[_mm256_setzero_ps(); 4]; 4];
+                    for j in 0..4 {
+                        e[0][j] = _mm256_sub_ps(v[j], v[8 + j]);
+                        e[1][j] = _mm256_add_ps(v[4 + j], v[8 + j]);
+                        e[2][j] = _mm256_sub_ps(v[8 + j], v[4 + j]);
+                        e[3][j] = _mm256_sub_ps(v[4 + j], v[12 + j]);
+                    }
+                    let base = inputs.as_mut_ptr().add(local * c + ch);
+                    let plane = stride * c;
+                    for (i, r) in e.iter().enumerate() {
+                        let at = base.add(i * 4 * plane);
+                        _mm256_storeu_ps(at, _mm256_sub_ps(r[0], r[2]));
+                        _mm256_storeu_ps(at.add(plane), _mm256_add_ps(r[1], r[2]));
+                        _mm256_storeu_ps(at.add(2 * plane), _mm256_sub_ps(r[2], r[1]));
+                        _mm256_storeu_ps(at.add(3 * plane), _mm256_sub_ps(r[1], r[3]));
+                    }
+                }
+            }
+        }
     }
 
     #[inline(always)]
@@ -289,8 +337,62 @@ impl Winograd {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn transform_outputs_avx2(&self, args: OutputArgs<'_, '_>) {
-        // SAFETY: per this function's contract.
-        unsafe { self.transform_outputs_body(args) };
+        use std::arch::x86_64::*;
+        if args.5.len() % 8 != 0 {
+            // SAFETY: per this function's contract.
+            unsafe { self.transform_outputs_body(args) };
+            return;
+        }
+        let (scratch, width, geometry, block, stride, cols, bias, epilogue, out) = args;
+        let n = cols.len();
+        let products = &scratch.products[..POSITIONS * stride * width];
+        let bias = &bias[cols.clone()];
+        let zero = _mm256_setzero_ps();
+        for (local, patch) in block.enumerate() {
+            let (b, ty, tx) = geometry.patch(patch);
+            let at: [Option<usize>; 4] = std::array::from_fn(|k| {
+                let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                (oy < geometry.h && ox < geometry.w)
+                    .then(|| ((b * geometry.h + oy) * geometry.w + ox) * self.c_out + cols.start)
+            });
+            for ch in (0..n).step_by(8) {
+                // SAFETY: the loads stay inside `products` (position k, row `local < stride`,
+                // columns `ch..ch + 8 <= n <= width`) and `bias`; the stores go to outputs of
+                // this patch in this task's channels (the function's contract), and the
+                // shortcut, when there is one, has the output's shape.
+                unsafe {
+                    let m: [__m256; POSITIONS] = std::array::from_fn(|k| {
+                        _mm256_loadu_ps(products.as_ptr().add((k * stride + local) * width + ch))
+                    });
+                    let mut t = [[zero; 4]; 2];
+                    for j in 0..4 {
+                        t[0][j] = _mm256_add_ps(_mm256_add_ps(m[j], m[4 + j]), m[8 + j]);
+                        t[1][j] = _mm256_sub_ps(_mm256_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+                    }
+                    let y = [
+                        _mm256_add_ps(_mm256_add_ps(t[0][0], t[0][1]), t[0][2]),
+                        _mm256_sub_ps(_mm256_sub_ps(t[0][1], t[0][2]), t[0][3]),
+                        _mm256_add_ps(_mm256_add_ps(t[1][0], t[1][1]), t[1][2]),
+                        _mm256_sub_ps(_mm256_sub_ps(t[1][1], t[1][2]), t[1][3]),
+                    ];
+                    let bias = _mm256_loadu_ps(bias.as_ptr().add(ch));
+                    for (value, at) in y.into_iter().zip(at) {
+                        let Some(at) = at else {
+                            continue; // the patch hangs over the map's last row or column
+                        };
+                        let mut v = _mm256_add_ps(value, bias);
+                        if let Some(shortcut) = epilogue.shortcut {
+                            let s = &shortcut.data[at + ch..at + ch + 8];
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(s.as_ptr()));
+                        }
+                        if epilogue.relu {
+                            v = _mm256_max_ps(v, zero);
+                        }
+                        _mm256_storeu_ps(out.at(at + ch), v);
+                    }
+                }
+            }
+        }
     }
 
     /// # Safety
