@@ -196,7 +196,7 @@ impl Winograd {
     ) {
         use std::arch::x86_64::*;
         let c = self.c_in;
-        if c % 8 != 0 {
+        if !c.is_multiple_of(8) {
             self.transform_inputs_body(x, geometry, block, stride, scratch);
             return;
         }
@@ -338,7 +338,7 @@ impl Winograd {
     #[target_feature(enable = "avx2")]
     unsafe fn transform_outputs_avx2(&self, args: OutputArgs<'_, '_>) {
         use std::arch::x86_64::*;
-        if args.5.len() % 8 != 0 {
+        if !args.5.len().is_multiple_of(8) {
             // SAFETY: per this function's contract.
             unsafe { self.transform_outputs_body(args) };
             return;
