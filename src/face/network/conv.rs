@@ -295,7 +295,8 @@ impl FoldedConv {
     }
 
     /// Writes the im2col rows `rows` of `x` into `columns` (`rows.len()` rounded up to `MR`,
-    /// × K; the rows past the end are zero).
+    /// × K). Every value of the rows is written once, zeros where the kernel reaches into the
+    /// padding; the rows past the end keep whatever they held (their products are never read).
     fn im2col(
         &self,
         x: &FeatureMap,
@@ -311,26 +312,28 @@ impl FoldedConv {
             self.spec.c_in,
         );
         let k_len = k * k * c_in;
-        columns.clear();
-        columns.resize(rows.len().div_ceil(MR) * MR * k_len, 0.0);
+        let len = rows.len().div_ceil(MR) * MR * k_len;
+        if columns.len() < len {
+            columns.resize(len, 0.0);
+        }
         for (r, row) in rows.enumerate() {
             let (b, oy, ox) = (row / (ho * wo), row / wo % ho, row % wo);
             let dst = &mut columns[r * k_len..(r + 1) * k_len];
-            for ky in 0..k {
+            for (ky, run) in dst.chunks_exact_mut(k * c_in).enumerate() {
                 let Some(iy) = (oy * s + ky).checked_sub(pad).filter(|&iy| iy < x.h) else {
-                    continue; // zero padding: the buffer is already zero
+                    run.fill(0.0); // the kernel row lies in the padding
+                    continue;
                 };
                 // The kernel row's columns that fall inside the image are contiguous in NHWC.
-                let first = pad.saturating_sub(ox * s);
-                let last = (x.w + pad).saturating_sub(ox * s).min(k);
-                if first >= last {
-                    continue;
+                let first = pad.saturating_sub(ox * s).min(k);
+                let last = (x.w + pad).saturating_sub(ox * s).min(k).max(first);
+                run[..first * c_in].fill(0.0);
+                run[last * c_in..].fill(0.0);
+                if first < last {
+                    let src = x.index(b, iy, ox * s + first - pad);
+                    let len = (last - first) * c_in;
+                    run[first * c_in..last * c_in].copy_from_slice(&x.data[src..src + len]);
                 }
-                let ix = ox * s + first - pad;
-                let src = x.index(b, iy, ix);
-                let len = (last - first) * c_in;
-                let at = (ky * k + first) * c_in;
-                dst[at..at + len].copy_from_slice(&x.data[src..src + len]);
             }
         }
     }
