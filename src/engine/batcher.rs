@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{Backend, Candidate, EngineError};
-use crate::face::capture::{CaptureError, FindFaces, FoundBatch};
+use crate::face::capture::{CaptureError, FindFaces};
 use crate::face::detect::FoundFace;
 use crate::face::preprocess::{FaceBatch, RgbImage};
 use crate::face::{Descriptor, Embedder};
@@ -595,7 +595,15 @@ impl FindFaces for FindBatcher {
 /// Finds the faces of one gathered batch of frames and answers each.
 fn find_batch(finder: &dyn FindFaces, batch: Vec<FindWork>) {
     let images: Vec<&RgbImage> = batch.iter().map(|w| &w.image).collect();
-    let found: Result<FoundBatch, CaptureError> = finder.find_batch(&images);
+    // A panic in the networks is a bug, but it must cost this batch only, not the lane: the
+    // worker answers and goes on to the next batch.
+    let found =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finder.find_batch(&images)))
+            .unwrap_or_else(|_| {
+                Err(CaptureError::Queue(BatchError::Engine(
+                    "the face finder panicked".into(),
+                )))
+            });
     match found {
         Ok(results) if results.len() == batch.len() => {
             for (work, result) in batch.into_iter().zip(results) {
@@ -912,8 +920,10 @@ mod tests {
         release_all.await.unwrap();
     }
 
-    /// Answers each frame by its width (an even width has no face, an odd one is refused) and
-    /// records how many frames each call was given.
+    use crate::face::capture::FoundBatch;
+
+    /// Answers each frame by its width (an even width has no face, an odd one is refused, a
+    /// width of 7 panics, as a bug would) and records how many frames each call was given.
     struct RecordingFinder(std::sync::Mutex<Vec<usize>>);
 
     impl FindFaces for RecordingFinder {
@@ -923,6 +933,10 @@ mod tests {
 
         fn find_batch(&self, images: &[&RgbImage]) -> Result<FoundBatch, CaptureError> {
             self.0.lock().unwrap().push(images.len());
+            assert!(
+                images.iter().all(|i| i.width() != 7),
+                "a bug in the networks"
+            );
             // Long enough that frames sent meanwhile gather behind this batch.
             thread::sleep(Duration::from_millis(50));
             Ok(images
@@ -974,5 +988,22 @@ mod tests {
             "no pass over max_batch: {passes:?}"
         );
         assert_eq!(finder.queue_depth(), 0);
+
+        // A panic in the finder fails its batch, not the lane.
+        let find = |width: u32| {
+            let finder = Arc::clone(&finder);
+            tokio::task::spawn_blocking(move || {
+                let frame = RgbImage::from_raw(width, 1, vec![0; 3 * width as usize]).unwrap();
+                finder.find(&frame)
+            })
+        };
+        assert!(matches!(
+            find(7).await.unwrap(),
+            Err(CaptureError::Queue(BatchError::Engine(_)))
+        ));
+        assert!(
+            find(8).await.unwrap().unwrap().is_empty(),
+            "the lane still answers"
+        );
     }
 }
