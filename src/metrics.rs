@@ -69,6 +69,12 @@ pub const EMBED_QUEUE_WAIT_SECONDS: &str = "gatematch_embed_queue_wait_seconds";
 pub const EMBED_QUEUE_DEPTH: &str = "gatematch_embed_queue_depth";
 /// Time to find the faces in one image and place their landmarks.
 pub const DETECT_SECONDS: &str = "gatematch_face_detect_seconds";
+/// Frames per detector batch.
+pub const FIND_BATCH_SIZE: &str = "gatematch_find_batch_size";
+/// Time a frame waited in the find queue.
+pub const FIND_QUEUE_WAIT_SECONDS: &str = "gatematch_find_queue_wait_seconds";
+/// Frames waiting in the find queue.
+pub const FIND_QUEUE_DEPTH: &str = "gatematch_find_queue_depth";
 /// Face captures refused, by what the traveller should fix.
 pub const CAPTURES_REFUSED: &str = "gatematch_captures_refused_total";
 
@@ -80,6 +86,7 @@ pub fn install(listen: Option<SocketAddr>) -> Result<PrometheusHandle, BuildErro
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), COUNT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(EMBED_BATCH_SIZE.into()), COUNT_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(FIND_BATCH_SIZE.into()), COUNT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(COMMIT_SIZE.into()), COUNT_BUCKETS)?;
     let handle = match listen {
         Some(addr) => {
@@ -169,6 +176,17 @@ fn describe() {
         DETECT_SECONDS,
         Unit::Seconds,
         "Finding the faces in one image and placing their landmarks"
+    );
+    describe_histogram!(FIND_BATCH_SIZE, Unit::Count, "Frames per detector batch");
+    describe_histogram!(
+        FIND_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a frame waited in the find queue"
+    );
+    describe_gauge!(
+        FIND_QUEUE_DEPTH,
+        Unit::Count,
+        "Frames waiting in the find queue"
     );
     describe_counter!(
         CAPTURES_REFUSED,
@@ -265,6 +283,19 @@ pub fn face_decode(took: Duration) {
 /// Records the detector and landmark network's time for one image.
 pub fn face_detect(took: Duration) {
     histogram!(DETECT_SECONDS).record(took.as_secs_f64());
+}
+
+/// Records one batch of frames through the detector, and how long each waited for it.
+pub fn find_batch(waits: impl Iterator<Item = Duration>, frames: usize) {
+    histogram!(FIND_BATCH_SIZE).record(frames as f64);
+    for waited in waits {
+        histogram!(FIND_QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
+    }
+}
+
+/// Sets the find queue's depth.
+pub fn find_queue_depth(frames: usize) {
+    gauge!(FIND_QUEUE_DEPTH).set(frames as f64);
 }
 
 /// Counts a refused capture under each of its `issues`.

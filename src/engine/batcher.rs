@@ -562,7 +562,10 @@ impl FindBatcher {
             .name("gatematch-find".into())
             .spawn(move || {
                 while let Some(batch) = gather(&incoming, &config, |w: &FindWork| w.enqueued) {
-                    depth.fetch_sub(batch.len(), Ordering::Relaxed);
+                    let left = depth.fetch_sub(batch.len(), Ordering::Relaxed) - batch.len();
+                    metrics::find_queue_depth(left);
+                    let started = Instant::now();
+                    metrics::find_batch(batch.iter().map(|w| started - w.enqueued), batch.len());
                     find_batch(finder.as_ref(), batch);
                 }
             })
@@ -581,11 +584,12 @@ impl FindFaces for FindBatcher {
     /// that may block (the appliance calls it on tokio's blocking pool).
     fn find(&self, image: &RgbImage) -> Result<Vec<FoundFace>, CaptureError> {
         let (reply, answer) = oneshot::channel();
-        self.lane.push(FindWork {
+        let depth = self.lane.push(FindWork {
             image: image.clone(),
             enqueued: Instant::now(),
             reply,
         })?;
+        metrics::find_queue_depth(depth);
         answer
             .blocking_recv()
             .unwrap_or(Err(CaptureError::Queue(BatchError::Stopped)))
