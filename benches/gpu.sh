@@ -2,13 +2,14 @@
 # Throughput of 1:N scoring on the GPU: builds the release binary, then prints one line per
 # (gallery size, format, batch) with the adapter, comparisons/s and gallery GB/s; then the face
 # descriptor network's faces/s on the GPU at batches 1, 16 and 64, beside the CPU network's on
-# every core (needs models/face.h5: scripts/fetch-model.sh, then gatematch model import).
+# every core, and the face detector and landmark network's ms per frame on both (needs
+# models/face.h5: scripts/fetch-model.sh, then gatematch model import).
 #
 #   benches/gpu.sh                  1,000,000 and 10,000,000 templates of 128 values
 #   benches/gpu.sh 100000           other gallery sizes (lavapipe: keep them small)
 #   SECONDS_PER_RUN=1 benches/gpu.sh
 #   SKIP_EMBED=1 benches/gpu.sh     scoring only
-#   EMBED_SECONDS=5 benches/gpu.sh  timed seconds per embed line (default 10)
+#   EMBED_SECONDS=5 benches/gpu.sh  timed seconds per embed or detect line (default 10)
 #
 # gallery_gb_per_s counts one pass over the gallery per call, in the scan format, so at batch
 # 1 it is the memory bandwidth the scan reached: compare it with the card's (an H200 has
@@ -45,4 +46,7 @@ if [ -z "${SKIP_EMBED:-}" ]; then
   fi
   target/release/gatematch bench embed --backend gpu --batch 1,16,64 --seconds "$embed_seconds"
   target/release/gatematch bench embed --backend cpu --batch 1,16,64 --seconds "$embed_seconds"
+  # One frame a pass (tests/fixtures/face/obama2.jpg, 1200 x 626): the latency a gate sees.
+  target/release/gatematch bench detect --backend gpu --seconds "$embed_seconds"
+  target/release/gatematch bench detect --backend cpu --seconds "$embed_seconds"
 fi
