@@ -329,6 +329,40 @@ pub(crate) struct Pipeline {
     pub(crate) pipeline: wgpu::ComputePipeline,
 }
 
+impl Pipeline {
+    /// A bind group for one dispatch of this kernel: `resources` in binding order, then the
+    /// `len` bytes of parameters at `offset` in `params` as the last binding (the layout every
+    /// face kernel shares; `None`: to the buffer's end).
+    pub(crate) fn bind_with_params<'a>(
+        &self,
+        device: &wgpu::Device,
+        label: &str,
+        mut resources: Vec<wgpu::BindingResource<'a>>,
+        params: &'a wgpu::Buffer,
+        offset: u64,
+        len: Option<std::num::NonZeroU64>,
+    ) -> wgpu::BindGroup {
+        resources.push(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: params,
+            offset,
+            size: len,
+        }));
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .into_iter()
+            .enumerate()
+            .map(|(binding, resource)| wgpu::BindGroupEntry {
+                binding: binding as u32,
+                resource,
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &self.layout,
+            entries: &entries,
+        })
+    }
+}
+
 /// Builds `kernel` on `device`, catching compile and validation errors instead of letting
 /// wgpu's default handler panic.
 pub(crate) fn build(device: &wgpu::Device, kernel: Kernel) -> Result<Pipeline, GpuError> {

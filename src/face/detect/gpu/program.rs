@@ -653,7 +653,7 @@ impl DeviceProgram {
         let mut steps = Vec::with_capacity(self.ops.len());
         for (i, op) in self.ops.iter().enumerate() {
             let pipeline = ctx.pipeline(op.kernel())?;
-            let mut resources: Vec<wgpu::BindingResource> = match *op {
+            let resources: Vec<wgpu::BindingResource> = match *op {
                 Op::Conv {
                     layer,
                     input,
@@ -693,24 +693,14 @@ impl DeviceProgram {
                     ]
                 }
             };
-            resources.push(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &params,
-                offset: i as u64 * params_stride,
-                size: NonZeroU64::new(op.params_len()),
-            }));
-            let entries: Vec<wgpu::BindGroupEntry> = resources
-                .into_iter()
-                .enumerate()
-                .map(|(binding, resource)| wgpu::BindGroupEntry {
-                    binding: binding as u32,
-                    resource,
-                })
-                .collect();
-            let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(op.kernel().name()),
-                layout: &pipeline.layout,
-                entries: &entries,
-            });
+            let bind_group = pipeline.bind_with_params(
+                ctx.device(),
+                op.kernel().name(),
+                resources,
+                &params,
+                i as u64 * params_stride,
+                NonZeroU64::new(op.params_len()),
+            );
             steps.push((pipeline, bind_group));
         }
         ctx.check()?;
