@@ -962,16 +962,16 @@ mod tests {
             queue_capacity: 64,
         };
         let finder = Arc::new(FindBatcher::start(config, recording.clone()));
-        // Six gates send a frame each at once, from blocking threads as the appliance does.
-        let gates: Vec<_> = (1..=6u32)
-            .map(|width| {
-                let finder = Arc::clone(&finder);
-                tokio::task::spawn_blocking(move || {
-                    let frame = RgbImage::from_raw(width, 1, vec![0; 3 * width as usize]).unwrap();
-                    finder.find(&frame)
-                })
+        // A gate's frame, found from a blocking thread as the appliance does.
+        let find = |width: u32| {
+            let finder = Arc::clone(&finder);
+            tokio::task::spawn_blocking(move || {
+                let frame = RgbImage::from_raw(width, 1, vec![0; 3 * width as usize]).unwrap();
+                finder.find(&frame)
             })
-            .collect();
+        };
+        // Six gates send a frame each at once.
+        let gates: Vec<_> = (1..=6u32).map(find).collect();
         for (i, gate) in gates.into_iter().enumerate() {
             let width = i + 1;
             match gate.await.unwrap() {
@@ -994,13 +994,6 @@ mod tests {
         assert_eq!(finder.queue_depth(), 0);
 
         // A panic in the finder fails its batch, not the lane.
-        let find = |width: u32| {
-            let finder = Arc::clone(&finder);
-            tokio::task::spawn_blocking(move || {
-                let frame = RgbImage::from_raw(width, 1, vec![0; 3 * width as usize]).unwrap();
-                finder.find(&frame)
-            })
-        };
         assert!(matches!(
             find(7).await.unwrap(),
             Err(CaptureError::Queue(BatchError::Engine(_)))

@@ -203,19 +203,7 @@ impl Winograd {
         let zeros = &scratch.zeros[..c];
         let inputs = &mut scratch.inputs[..POSITIONS * stride * c];
         for (local, patch) in block.enumerate() {
-            let (b, ty, tx) = geometry.patch(patch);
-            let d: [&[f32]; POSITIONS] = std::array::from_fn(|k| {
-                let (iy, ix) = (
-                    (2 * ty + k / 4).wrapping_sub(1),
-                    (2 * tx + k % 4).wrapping_sub(1),
-                );
-                if iy < x.h && ix < x.w {
-                    let at = x.index(b, iy, ix);
-                    &x.data[at..at + c]
-                } else {
-                    zeros
-                }
-            });
+            let d = patch_pixels(x, geometry, patch, zeros);
             // Eight channels at a time, the whole patch in registers: the same additions as
             // the portable body, in the same order.
             for ch in (0..c).step_by(8) {
@@ -266,20 +254,7 @@ impl Winograd {
             .chunks_exact_mut(stride * c)
             .collect();
         for (local, patch) in block.enumerate() {
-            let (b, ty, tx) = geometry.patch(patch);
-            // The 16 input pixels of the patch (rows 2ty-1.., columns 2tx-1..), zero outside.
-            let d: [&[f32]; POSITIONS] = std::array::from_fn(|k| {
-                let (iy, ix) = (
-                    (2 * ty + k / 4).wrapping_sub(1),
-                    (2 * tx + k % 4).wrapping_sub(1),
-                );
-                if iy < x.h && ix < x.w {
-                    let at = x.index(b, iy, ix);
-                    &x.data[at..at + c]
-                } else {
-                    zeros
-                }
-            });
+            let d = patch_pixels(x, geometry, patch, zeros);
             // Bᵀ d: combine rows, channel planes at a time (so that each loop vectorises).
             let e = planes_mut(&mut staged[..POSITIONS * c], c);
             let [e0, e1, e2, e3] = split4(e);
@@ -517,6 +492,30 @@ fn sub3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32]) {
     for (((o, x), y), z) in out.iter_mut().zip(a).zip(b).zip(c) {
         *o = x - y - z;
     }
+}
+
+/// The 16 input pixels of patch `patch` (rows 2ty-1.., columns 2tx-1..), each a slice of the
+/// map's channels, `zeros` where the patch reaches past the map's edge.
+#[inline(always)]
+fn patch_pixels<'a>(
+    x: &'a FeatureMap,
+    geometry: Geometry,
+    patch: usize,
+    zeros: &'a [f32],
+) -> [&'a [f32]; POSITIONS] {
+    let (b, ty, tx) = geometry.patch(patch);
+    std::array::from_fn(|k| {
+        let (iy, ix) = (
+            (2 * ty + k / 4).wrapping_sub(1),
+            (2 * tx + k % 4).wrapping_sub(1),
+        );
+        if iy < x.h && ix < x.w {
+            let at = x.index(b, iy, ix);
+            &x.data[at..at + x.c]
+        } else {
+            zeros
+        }
+    })
 }
 
 /// How a layer's maps are cut into 2 × 2 output patches.
