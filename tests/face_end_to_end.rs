@@ -106,12 +106,7 @@ async fn face_photos_enrol_verify_and_identify_as_the_reference_decides() {
     assert_eq!(face_support::fixture().images[BIDEN].image, "biden.jpg");
     let models = face_support::temp_dir();
     let site = Site::new(1);
-    let mut config = site.config();
-    config.engine.backend = BackendChoice::Cpu;
-    let mut face = FaceConfig::with_model(&face_support::model_file(models.path()));
-    face.backend = BackendChoice::Cpu;
-    face.threads = 2;
-    config.face = Some(face);
+    let config = cpu_face_config(&site, &face_support::model_file(models.path()));
     let running = site.start(&config);
     let gate = site.gate(1, running.addr).await;
 
@@ -315,6 +310,18 @@ async fn a_missing_or_damaged_model_file_stops_the_start_naming_the_file_and_the
     assert!(message.contains("damaged.h5"), "{message}");
 }
 
+/// The site's appliance config with the face model at `model`, everything on the CPU's two
+/// threads.
+fn cpu_face_config(site: &Site, model: &std::path::Path) -> gatematch::config::Config {
+    let mut config = site.config();
+    config.engine.backend = BackendChoice::Cpu;
+    let mut face = FaceConfig::with_model(model);
+    face.backend = BackendChoice::Cpu;
+    face.threads = 2;
+    config.face = Some(face);
+    config
+}
+
 /// `face` with its photo replaced by the same photo with `occluder` drawn over the face.
 fn occluded(
     index: usize,
@@ -347,12 +354,7 @@ async fn a_covered_face_is_refused_with_what_to_fix_and_a_clean_one_carries_its_
     use gatematch::face::quality::occluder::Occluder;
     let models = face_support::temp_dir();
     let site = Site::new(1);
-    let mut config = site.config();
-    config.engine.backend = BackendChoice::Cpu;
-    let mut face = FaceConfig::with_model(&face_support::model_file(models.path()));
-    face.backend = BackendChoice::Cpu;
-    face.threads = 2;
-    config.face = Some(face);
+    let config = cpu_face_config(&site, &face_support::model_file(models.path()));
     let running = site.start(&config);
     let gate = site.gate(1, running.addr).await;
 
@@ -414,12 +416,10 @@ fn frame(bytes: Vec<u8>) -> proto::FaceImage {
 async fn whole_frames_are_found_by_the_appliance_and_judged() {
     let models = face_support::temp_dir();
     let site = Site::new(1);
-    let mut config = site.config();
-    config.engine.backend = BackendChoice::Cpu;
-    let mut face = FaceConfig::with_model(&face_support::model_file_with_detection(models.path()));
-    face.backend = BackendChoice::Cpu;
-    face.threads = 2;
-    config.face = Some(face);
+    let config = cpu_face_config(
+        &site,
+        &face_support::model_file_with_detection(models.path()),
+    );
     let running = site.start(&config);
     let gate = site.gate(1, running.addr).await;
 

@@ -19,10 +19,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use hdf5::{File, Group};
-use sha2::{Digest, Sha256};
 
 use crate::face::model::file::{
-    ensure_parent, link_path_exists, read_scalar, read_string, write_model, write_string,
+    ensure_parent, link_path_exists, read_scalar, read_string, tensors_digest, write_model,
+    write_string,
 };
 use crate::face::model::{FaceModel, ModelError, Tensor, tfjs};
 
@@ -277,23 +277,9 @@ fn read_network(
 /// SHA-256 over the tensors in table order: name, a zero byte, each dimension as little-endian
 /// u64, the values as little-endian f32. Hex, lowercase. A missing tensor hashes as absent.
 fn digest(specs: &[(String, Vec<usize>)], tensors: &HashMap<String, Tensor>) -> String {
-    let mut hasher = Sha256::new();
-    for (name, _) in specs {
-        let Some(tensor) = tensors.get(name) else {
-            continue;
-        };
-        hasher.update(name.as_bytes());
-        hasher.update([0u8]);
-        for &dim in &tensor.shape {
-            hasher.update((dim as u64).to_le_bytes());
-        }
-        for value in &tensor.data {
-            hasher.update(value.to_le_bytes());
-        }
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tensors_digest(
+        specs
+            .iter()
+            .filter_map(|(name, _)| Some((name.as_str(), tensors.get(name)?))),
+    )
 }

@@ -114,9 +114,19 @@ pub fn load_model(path: &Path) -> Result<FaceModel, ModelError> {
 /// SHA-256 over every tensor in architecture order: name, a zero byte, each dimension as
 /// little-endian u64, then the values as little-endian f32. Hex, lowercase.
 pub fn weights_digest(model: &FaceModel) -> String {
+    let specs = tensor_specs();
+    tensors_digest(
+        specs
+            .iter()
+            .map(|(name, _)| (name.as_str(), model.expect_tensor(name))),
+    )
+}
+
+/// SHA-256 over `tensors` in the order given, each as [`weights_digest`] hashes one. Hex,
+/// lowercase. Every weight group of the model file is digested this way.
+pub(crate) fn tensors_digest<'a>(tensors: impl Iterator<Item = (&'a str, &'a Tensor)>) -> String {
     let mut hasher = Sha256::new();
-    for (name, _) in tensor_specs() {
-        let tensor = model.expect_tensor(&name);
+    for (name, tensor) in tensors {
         hasher.update(name.as_bytes());
         hasher.update([0u8]);
         for &dim in &tensor.shape {
